@@ -1,0 +1,1 @@
+"""Networks: Flow++ (normalizing flow), EBMs (energy-based models), 2-D toy flow."""
