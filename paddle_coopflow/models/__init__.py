@@ -1,1 +1,2 @@
 """Networks: Flow++ (normalizing flow), EBMs (energy-based models), 2-D toy flow."""
+from .flowpp import FlowPlusPlus

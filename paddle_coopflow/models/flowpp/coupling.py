@@ -1,0 +1,61 @@
+"""Logistic-mixture CDF coupling and the pair Flip (SPEC §1.6).
+
+Forward on the pair (x_change, x_id), with (a, b, pi, mu, log_s) = NN(x_id[, aux]):
+  y1  = MixLogCDF(x_change)
+  out = (logit(y1) + b) * exp(a)          # reference order: shift, then scale
+  ldj = sum[ log MixLogPDF(x_change) - log y1 - log(1 - y1) + a ]
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .mixture import mixture_inv_cdf, mixture_log_cdf, mixture_log_pdf, safe_log
+from .nn import NN
+
+Pair = Tuple[paddle.Tensor, paddle.Tensor]
+
+
+def _sum_per_sample(t: paddle.Tensor) -> paddle.Tensor:
+    return t.reshape([t.shape[0], -1]).sum(axis=1)
+
+
+class Coupling(nn.Layer):
+    """Args: as NN; `inverse_method` picks the mixture-CDF inverse used in reverse."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_blocks: int, num_components: int,
+                 drop_prob: float, use_attn: bool = True, aux_channels: Optional[int] = None,
+                 inverse_method: str = "bisection"):
+        super().__init__()
+        self.nn = NN(in_channels, mid_channels, num_blocks, num_components, drop_prob, use_attn, aux_channels)
+        self.inverse_method = inverse_method
+
+    def forward(self, x: Pair, sldj: paddle.Tensor, reverse: bool = False,
+                aux: Optional[paddle.Tensor] = None) -> Tuple[Pair, paddle.Tensor]:
+        """x: pair of [N, C, H, W]; sldj: [N]; aux: [N, A, H, W] or None."""
+        x_change, x_id = x
+        a, b, pi, mu, log_s = self.nn(x_id, aux)
+        if reverse:
+            v = x_change * paddle.exp(-a) - b
+            y1 = paddle.clip(F.sigmoid(v), 1e-5, 1.0 - 1e-5)
+            out = mixture_inv_cdf(y1, pi, mu, log_s, method=self.inverse_method)
+            # -log sigma'(v) = softplus(v) + softplus(-v): the forward logit's log-det, subtracted.
+            # (The reference subtracts it with the opposite sign; the value is unused when sampling.)
+            ldj = a + F.softplus(v) + F.softplus(-v) + mixture_log_pdf(out, pi, mu, log_s)
+            sldj = sldj - _sum_per_sample(ldj)
+        else:
+            y1 = paddle.exp(mixture_log_cdf(x_change, pi, mu, log_s))
+            out = (-safe_log(1.0 / y1 - 1.0) + b) * paddle.exp(a)
+            ldj = mixture_log_pdf(x_change, pi, mu, log_s) - safe_log(y1) - safe_log(1.0 - y1) + a
+            sldj = sldj + _sum_per_sample(ldj)
+        return (out, x_id), sldj
+
+
+class Flip(nn.Layer):
+    """Swap the pair so the next coupling transforms the other half. Log-det 0."""
+
+    def forward(self, x: Pair, sldj: paddle.Tensor, reverse: bool = False) -> Tuple[Pair, paddle.Tensor]:
+        return (x[1], x[0]), sldj

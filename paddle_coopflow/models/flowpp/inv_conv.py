@@ -1,0 +1,40 @@
+"""Invertible 1x1 convolution on a (x_change, x_id) pair (SPEC §1.5).
+
+W is 2c x 2c, initialised to I + 1e-3 N(0,1) (reference `random_init=False`), with no LU
+parametrisation. The 1x1 conv mixes the two halves of the pair. The reverse uses W^-1
+computed in float64 and cast back, as the reference does, to keep sampling accurate.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+Pair = Tuple[paddle.Tensor, paddle.Tensor]
+
+
+class InvConv(nn.Layer):
+    """Args: num_channels: channels of ONE half of the pair (W is 2c x 2c)."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.num_channels = 2 * num_channels
+        c = self.num_channels
+        self.weight = self.create_parameter([c, c])
+        with paddle.no_grad():
+            self.weight.set_value(paddle.eye(c) + 1e-3 * paddle.randn([c, c]))
+
+    def forward(self, x: Pair, sldj: paddle.Tensor, reverse: bool = False) -> Tuple[Pair, paddle.Tensor]:
+        """x: pair of [N, c, H, W]; sldj: [N]."""
+        h = paddle.concat(x, axis=1)
+        ldj = paddle.linalg.slogdet(self.weight)[1] * (h.shape[2] * h.shape[3])
+        if reverse:
+            weight = paddle.linalg.inv(self.weight.astype("float64")).astype(h.dtype)
+            sldj = sldj - ldj
+        else:
+            weight = self.weight
+            sldj = sldj + ldj
+        h = F.conv2d(h, weight.reshape([self.num_channels, self.num_channels, 1, 1]))
+        return tuple(paddle.chunk(h, 2, axis=1)), sldj
