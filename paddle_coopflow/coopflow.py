@@ -1,0 +1,275 @@
+"""CoopFlow training step: paper Algorithm 1, plus the two baselines (SPEC §0, §4).
+
+One iteration (:meth:`CoopFlow.train_step`):
+  1. propose  x̂ = g_α(z), z ~ N(0, I)        flow inverse, no grad, flow in *train* mode (official)
+  2. revise   x̃ = Langevin flow from x̂      T steps of eq. (3), detached
+  3. flow     α ← α + ∇_α mean log q_α(x̃)   maximum likelihood on the revised samples (eq. 6)
+  4. EBM      θ ← θ + ∇_θ [mean f(x) − mean f(x̃)]   (eq. 2; loss = mean f(x̃) − mean f(x))
+The two networks never backprop through each other: only the detached x̃ passes between them.
+Because the EBM loss does not depend on α (and vice versa), both gradients are computed first and
+the steps are then taken together; the official "flow step before EBM loss" order (main_cifar) gives
+the same numbers. `order` only decides the gating: 'reference' steps the flow only if the EBM
+step was taken (every script but main_cifar), 'main_cifar' steps it independently.
+
+The flow is used only through `flow.inverse(z)` → images [N, C, H, W] in [-1, 1] (for Flow++ this
+includes the final 2·sigmoid(l) − 1), `flow.nll(x)` → [N] nats, `flow.z_shape`, train()/eval().
+The EBM is any layer with `ebm(x)` → [N].
+
+Baselines in the same code (`CoopFlowOptions.mode`):
+  'flow_only'     — Flow++ maximum likelihood on the data (no EBM; `ebm` may be None).
+  'langevin_only' — short-run EBM (Nijkamp et al. 2019): x̂ ~ U(-1, 1), no flow (`flow` may be None).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from .langevin import langevin_flow, noise_std_for
+from .optim import OptimBundle, clip_grad_norm, clip_grad_norm_groups
+
+__all__ = ["CoopFlowOptions", "CoopFlow"]
+
+_MODES = ("coopflow", "flow_only", "langevin_only")
+
+
+@dataclass
+class CoopFlowOptions:
+    """Knobs of one training iteration; defaults are the official T=30 settings (SPEC §3–4).
+
+    Per-script values (SPEC §4.2): main_cifar uses flow_clip_mode='per_group', order='main_cifar';
+    main_svhn/celeba use flow_skip_norm=1e6, ebm_clip_norm=1.0, ebm_skip_norm=5e6; the Pre scripts add
+    skip_ebm_check_first_epoch=True and a frozen flow in the first epochs (decided by the caller).
+    """
+    mode: str = "coopflow"
+    n_steps: int = 30                       # T
+    step_size: float = 0.03                 # s during training ([P]; the argparse default is the test value)
+    test_step_size: float = 0.04            # s for generation / FID
+    delta_clip: Optional[float] = 0.1       # δ clip on ½s²∇f
+    image_clip: Optional[Tuple[float, float]] = (-1.0, 1.0)
+    noise_mode: str = "none"                # 'none' | 'constant' | 'decay' ([P] A.11, eq. 10)
+    noise_std: float = 1.0
+    noise_K: float = 30.0                   # decay horizon in epochs (CIFAR 30, SVHN 15)
+    flow_clip_norm: Optional[float] = 1.0
+    flow_clip_mode: str = "global"          # 'global' | 'per_group' (main_cifar)
+    flow_skip_norm: Optional[float] = None  # skip the flow step if pre-clip norm ≥ this
+    ebm_clip_norm: Optional[float] = None
+    ebm_skip_norm: Optional[float] = None
+    skip_ebm_check_first_epoch: bool = False  # Pre scripts: never skip the EBM in epoch 0
+    frozen_flow: bool = False               # default for train_step(frozen_flow=None)
+    n_update_flow: int = 1                  # flow updates on iterations with it % n == 0
+    sample_flow_in_train_mode: bool = True  # official: dropout active while proposing
+    order: str = "reference"                # 'reference' | 'main_cifar'
+    n_samples: Optional[int] = None         # proposals per iteration; None → data batch size
+
+    def validate(self) -> "CoopFlowOptions":
+        """Raise a one-line ValueError naming the bad field."""
+        checks = [("mode", self.mode in _MODES, f"one of {_MODES}"),
+                  ("n_steps", self.n_steps >= 0, ">= 0"),
+                  ("step_size", self.step_size > 0, "> 0"),
+                  ("test_step_size", self.test_step_size > 0, "> 0"),
+                  ("noise_mode", self.noise_mode in ("none", "constant", "decay"), "'none'|'constant'|'decay'"),
+                  ("flow_clip_mode", self.flow_clip_mode in ("global", "per_group"), "'global'|'per_group'"),
+                  ("order", self.order in ("reference", "main_cifar"), "'reference'|'main_cifar'"),
+                  ("n_update_flow", self.n_update_flow >= 1, ">= 1")]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"CoopFlowOptions.{name}={getattr(self, name)!r} is invalid; expected {want}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "CoopFlowOptions":
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown CoopFlowOptions key(s) {bad}; known: {sorted(known)}")
+        opts = cls(**d)
+        if opts.image_clip is not None:
+            opts.image_clip = (float(opts.image_clip[0]), float(opts.image_clip[1]))
+        return opts.validate()
+
+
+def _finite(*vals: float) -> bool:
+    return all(math.isfinite(v) for v in vals)
+
+
+class CoopFlow:
+    """The cooperative learner: flow + EBM + their optimizers + the global sample counter.
+
+    Args:
+        flow: normalizing flow (see module docstring); None only for mode 'langevin_only'.
+        ebm: energy network; None only for mode 'flow_only'.
+        flow_optim / ebm_optim: bundles from paddle_coopflow.optim (None for the unused net).
+        options: CoopFlowOptions.
+        gstep: samples seen so far (restore it on resume); the LR schedulers are stepped with it.
+    """
+
+    def __init__(self, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], flow_optim: Optional[OptimBundle],
+                 ebm_optim: Optional[OptimBundle], options: Optional[CoopFlowOptions] = None, gstep: int = 0):
+        self.o = (options or CoopFlowOptions()).validate()
+        need_flow, need_ebm = self.o.mode != "langevin_only", self.o.mode != "flow_only"
+        if need_flow and (flow is None or flow_optim is None):
+            raise ValueError(f"mode {self.o.mode!r} needs a flow and its optimizer")
+        if need_ebm and (ebm is None or ebm_optim is None):
+            raise ValueError(f"mode {self.o.mode!r} needs an EBM and its optimizer")
+        self.flow, self.ebm = flow, ebm
+        self.flow_optim, self.ebm_optim = flow_optim, ebm_optim
+        self.gstep = int(gstep)
+
+    # ----------------------------------------------------------------------------------- sampling
+    @paddle.no_grad()
+    def propose(self, n: int, z: Optional[paddle.Tensor] = None, shape=None) -> paddle.Tensor:
+        """x̂ [n, ...]: flow inverse of z ~ N(0, I) (or U(-1, 1) for 'langevin_only', needs `shape`)."""
+        if self.o.mode == "langevin_only":
+            if shape is None:
+                raise ValueError("langevin_only proposals need the sample shape (pass shape=x.shape[1:])")
+            return paddle.uniform([n] + list(shape), min=-1.0, max=1.0)
+        if z is None:
+            z = paddle.randn([n] + list(self.flow.z_shape))  # paddle.seed controls it
+        return self.flow.inverse(z).detach()
+
+    def revise(self, x_prop: paddle.Tensor, epoch: float = 0, step_size: Optional[float] = None,
+               n_steps: Optional[int] = None, train: bool = True, return_stats: bool = False):
+        """x̃ = Langevin flow from x̂ (eq. 3). Training adds the configured noise; generation has none."""
+        std = noise_std_for(self.o.noise_mode, epoch, self.o.noise_K, self.o.noise_std) if train else 0.0
+        return langevin_flow(self.ebm, x_prop, self.o.n_steps if n_steps is None else n_steps,
+                             step_size or (self.o.step_size if train else self.o.test_step_size),
+                             self.o.delta_clip, self.o.image_clip, noise_std=std, return_stats=return_stats)
+
+    def sample(self, n: int, z: Optional[paddle.Tensor] = None, step_size: Optional[float] = None,
+               n_steps: Optional[int] = None, shape=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Generation: (flow proposals x̂, revised x̃), both [n, ...]; nets in eval mode, modes restored.
+
+        step_size defaults to test_step_size; no noise.
+        """
+        nets = [m for m in (self.flow, self.ebm) if m is not None]
+        was = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        try:
+            x_prop = self.propose(n, z, shape)
+            x_rev = self.revise(x_prop, step_size=step_size or self.o.test_step_size, n_steps=n_steps, train=False)
+        finally:
+            for m, t in zip(nets, was):
+                m.train(t)
+        return x_prop, x_rev
+
+    # ----------------------------------------------------------------------------------- training
+    def train_step(self, x_data: paddle.Tensor, epoch: int, it: int,
+                   frozen_flow: Optional[bool] = None) -> Dict[str, float]:
+        """One iteration of Algorithm 1 (or of the baseline named by options.mode).
+
+        Args:
+            x_data: [B, C, H, W] real images in [-1, 1].
+            epoch: current epoch (noise decay, first-epoch skip rule).
+            it: iteration within the epoch (n_update_flow gating, like the official `counter`).
+            frozen_flow: overrides options.frozen_flow for this iteration.
+
+        Returns:
+            dict of floats/bools: ebm_loss, f_data, f_revised, f_proposal, flow_nll, flow_bpd,
+            flow_grad_norm (+ per group), ebm_grad_norm, lr_flow, lr_ebm, langevin_mse,
+            langevin_sq_change, langevin_delta_clip_frac, noise_std, ebm_stepped, flow_stepped,
+            ebm_skipped, flow_skipped, nonfinite, gstep. NaN marks a quantity not computed.
+        """
+        if self.o.mode == "flow_only":
+            return self._flow_only_step(x_data)
+        o = self.o
+        frozen = o.frozen_flow if frozen_flow is None else bool(frozen_flow)
+        n = o.n_samples or x_data.shape[0]
+        nan = float("nan")
+        for m in (self.flow, self.ebm):
+            if m is not None:
+                m.train()
+        self._clear_grads()
+
+        # 1. propose (the flow samples in train mode by default — official parity, SPEC §8.3.13)
+        if self.flow is not None and not o.sample_flow_in_train_mode:
+            self.flow.eval()
+        x_prop = self.propose(n, shape=x_data.shape[1:])
+        if self.flow is not None:
+            self.flow.train()
+        # 2. revise with the Langevin flow (detached)
+        noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
+        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True)
+
+        # 3. flow loss on the revised samples (computed for logging even when not updating)
+        stats: Dict[str, float] = {"flow_nll": nan, "flow_bpd": nan, "flow_grad_norm": nan,
+                                   "lr_flow": self.flow_optim.lr() if self.flow_optim else nan}
+        update_flow = o.mode == "coopflow" and not frozen and it % o.n_update_flow == 0
+        flow_norm, flow_ok = float("nan"), True
+        if o.mode == "coopflow":
+            _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats)
+
+        # 4. EBM loss: raise f on data, lower it on the revised samples
+        f_data = self.ebm(x_data).mean()
+        f_rev = self.ebm(x_rev).mean()
+        ebm_loss = f_rev - f_data
+        ebm_loss.backward()
+        ebm_norm = clip_grad_norm(self.ebm_optim.parameters, o.ebm_clip_norm)
+        fd, fr, el = float(f_data.item()), float(f_rev.item()), float(ebm_loss.item())
+
+        # 5. decide and step
+        nonfinite = not (_finite(fd, fr, el, ebm_norm, ls["mse"]) and flow_ok)
+        ebm_go = not nonfinite and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
+                                    or (o.skip_ebm_check_first_epoch and epoch == 0))
+        flow_go = (update_flow and not nonfinite and (o.flow_skip_norm is None or flow_norm < o.flow_skip_norm)
+                   and (ebm_go or o.order == "main_cifar"))
+        lr_ebm = self.ebm_optim.lr()
+        if ebm_go:
+            self.ebm_optim.step(self.gstep)
+        if flow_go:
+            self.flow_optim.step(self.gstep)
+        self._clear_grads()
+        self.gstep += int(x_data.shape[0])
+
+        stats.update({"ebm_loss": el, "f_data": fd, "f_revised": fr, "f_proposal": ls["f_start"],
+                      "ebm_grad_norm": ebm_norm, "lr_ebm": lr_ebm, "noise_std": noise_std,
+                      "langevin_mse": ls["mse"], "langevin_sq_change": ls["sq_change"],
+                      "langevin_delta_clip_frac": ls["delta_clip_frac"],
+                      "ebm_stepped": ebm_go, "flow_stepped": flow_go,
+                      "ebm_skipped": not ebm_go, "flow_skipped": update_flow and not flow_go,
+                      "flow_updating": update_flow, "nonfinite": nonfinite, "gstep": self.gstep})
+        return stats
+
+    def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float]):
+        """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
+        d = float(np.prod(x.shape[1:]))
+        if update:
+            loss = self.flow.nll(x).mean()
+            loss.backward()
+            norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.o.flow_clip_norm, self.o.flow_clip_mode)
+            for name, v in zip(self.flow_optim.group_names, per):
+                stats[f"flow_grad_norm/{name}"] = v
+        else:
+            with paddle.no_grad():
+                loss = self.flow.nll(x).mean()
+            norm = float("nan")
+        nll = float(loss.item())
+        stats.update({"flow_nll": nll, "flow_bpd": nll / (d * math.log(2.0)), "flow_grad_norm": norm})
+        # A frozen flow's NLL is only logged, so only an updating flow can veto the step.
+        ok = _finite(nll, norm) if update else True
+        return loss, norm, ok
+
+    def _flow_only_step(self, x_data: paddle.Tensor) -> Dict[str, float]:
+        """Baseline: Flow++ maximum likelihood on the data (clip/skip as for the flow in CoopFlow)."""
+        self.flow.train()
+        self._clear_grads()
+        stats: Dict[str, float] = {"lr_flow": self.flow_optim.lr()}
+        _, norm, ok = self._flow_backward(x_data, True, stats)
+        go = ok and (self.o.flow_skip_norm is None or norm < self.o.flow_skip_norm)
+        if go:
+            self.flow_optim.step(self.gstep)
+        self._clear_grads()
+        self.gstep += int(x_data.shape[0])
+        stats.update({"flow_stepped": go, "flow_skipped": not go, "nonfinite": not ok, "gstep": self.gstep})
+        return stats
+
+    def _clear_grads(self) -> None:
+        for b in (self.flow_optim, self.ebm_optim):
+            if b is not None:
+                b.clear_grad()

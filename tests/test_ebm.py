@@ -1,0 +1,94 @@
+"""EBM architectures: parameter counts and keys from SPEC §2, output shapes, init, double backward."""
+import math
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_coopflow.models.ebm import EBMMLP, EBMPlain, EBMRes, build_ebm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS_TSV = os.path.join(ROOT, "..", "shared", "reference", "official_torch_ebm_keys.tsv")
+
+
+def _count(m):
+    return sum(int(np.prod(p.shape)) for p in m.parameters())
+
+
+def test_param_counts_match_spec():
+    assert _count(EBMRes(3, 128, 32)) == 17_129_444
+    assert _count(EBMPlain(3, 128)) == 12_653_924
+
+
+@pytest.mark.skipif(not os.path.exists(KEYS_TSV), reason="official key list not present")
+def test_state_dict_keys_and_shapes_match_official():
+    rows = [l.rstrip("\n").split("\t") for l in open(KEYS_TSV) if l.strip() and not l.startswith("#")]
+    ref = {k: tuple(int(d) for d in s.strip("()").split(",") if d.strip()) for k, s in rows[1:]}
+    ours = {k: tuple(v.shape) for k, v in EBMRes(3, 128, 32).state_dict().items()}
+    assert ours == ref
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_output_shape_is_batch(n):
+    x = paddle.rand([n, 3, 32, 32]) * 2 - 1
+    assert EBMRes(3, 4, 32)(x).shape == [n]
+    assert EBMPlain(3, 4)(x).shape == [n]
+    assert EBMRes(3, 4, 64)(paddle.rand([n, 3, 64, 64])).shape == [n]
+    assert EBMMLP(2, 8, 2)(paddle.rand([n, 2])).shape == [n]
+
+
+def test_output_is_sum_of_100_head_channels():
+    m = EBMRes(3, 4, 32)
+    x = paddle.rand([2, 3, 32, 32])
+    head = m.f(x)
+    assert head.shape == [2, 100, 1, 1]
+    np.testing.assert_allclose(m(x).numpy(), head.numpy().reshape(2, 100).sum(1), rtol=1e-5)
+
+
+def test_pytorch_default_init_bounds():
+    paddle.seed(0)
+    m = EBMRes(3, 16, 32)
+    conv = m.f[2].conv2  # fan_in = 16 * 9
+    bound = 1.0 / math.sqrt(16 * 9)
+    w = conv.weight.numpy()
+    assert np.abs(w).max() <= bound + 1e-7
+    assert w.std() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # U(-b, b) has std b/sqrt(3)
+    assert np.abs(conv.bias.numpy()).max() <= bound + 1e-7
+    assert np.abs(conv.bias.numpy()).max() > 0.5 * bound  # not zero-initialised
+    lin = EBMMLP(2, 64, 2).f[2]  # Linear(64, 64): fan_in 64
+    assert np.abs(lin.weight.numpy()).max() <= 1 / 8 + 1e-7
+
+
+def test_double_backward_through_swish_matches_finite_differences():
+    """∂/∂x ⟨∇ₓf(x), u⟩ vs a central difference of ∇ₓf (float64)."""
+    paddle.seed(1)
+    m = EBMMLP(3, 16, 2)
+    m.to(dtype="float64")
+    rng = np.random.RandomState(0)
+    x0, u, v = rng.randn(2, 3), rng.randn(2, 3), rng.randn(2, 3)
+
+    def grad_f(xn, create_graph=False):
+        x = paddle.to_tensor(xn)
+        x.stop_gradient = False
+        g = paddle.grad([m(x).sum()], [x], create_graph=create_graph)[0]
+        return x, g
+
+    x, g = grad_f(x0, create_graph=True)
+    hv = paddle.grad([(g * paddle.to_tensor(u)).sum()], [x])[0].numpy()
+    eps = 1e-5
+    fd = ((grad_f(x0 + eps * v)[1].numpy() - grad_f(x0 - eps * v)[1].numpy()) * u).sum() / (2 * eps)
+    assert (hv * v).sum() == pytest.approx(fd, rel=1e-6)
+
+
+def test_build_ebm_and_errors():
+    class Cfg:
+        arch = "plain"
+        base_channels = 4
+    assert isinstance(build_ebm(Cfg()), EBMPlain)
+    assert isinstance(build_ebm({"arch": "mlp", "hidden": 8}), EBMMLP)
+    assert _count(build_ebm({"arch": "res", "base_channels": 4})) == _count(EBMRes(3, 4, 32))
+    with pytest.raises(ValueError, match="arch"):
+        build_ebm({"arch": "resnet"})
+    with pytest.raises(ValueError, match="img_size"):
+        EBMRes(3, 4, 48)
