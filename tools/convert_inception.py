@@ -1,0 +1,59 @@
+"""Convert pytorch-fid's FID Inception weights (.pth) to a Paddle .pdparams.
+
+    python tools/convert_inception.py pt_inception-2015-12-05-6726825d.pth \
+        -o inception_fid.pdparams
+
+torch is not needed (paddle_coopflow.utils.pth_reader parses the file). The
+result is checked by loading it into the network; pass either file to
+-o Eval.inception_weights=PATH. Converting is optional: the .pth loads directly.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
+from paddle_coopflow.errors import UserError  # noqa: E402
+
+
+def convert(src: str, dst: str) -> int:
+    """Load `src` strictly into the FID network and save its state dict to `dst`.
+
+    Returns the number of tensors written (Paddle names, e.g. `Conv2d_1a_3x3.bn._mean`).
+    """
+    import paddle
+
+    from paddle_coopflow.metrics.inception import build_fid_inception
+
+    net = build_fid_inception(weights=src)
+    state = net.state_dict()
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = dst + ".tmp"
+    paddle.save(state, tmp)
+    os.replace(tmp, dst)  # never leave a half-written file under the final name
+    return len(state)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth")
+    ap.add_argument("-o", "--out", default="", help="output .pdparams (default: next to src)")
+    args = ap.parse_args(argv)
+    dst = args.out or os.path.splitext(args.src)[0] + ".pdparams"
+    if not dst.endswith(".pdparams"):
+        print("error: the output name must end with .pdparams", file=sys.stderr)
+        return 2
+    try:
+        n = convert(args.src, dst)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} tensors to {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
