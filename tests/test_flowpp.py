@@ -260,6 +260,16 @@ def test_gated_attn_matches_numpy():
     assert not np.allclose(attn(_t(x, "float32")).numpy(), out)  # attention dropout active in training
 
 
+def test_gated_conv_dropout_drops_whole_channels():
+    from paddle_coopflow.models.flowpp.nn import GatedConv
+
+    gc = GatedConv(8, drop_prob=0.5)
+    gc.train()
+    out = gc.drop(paddle.ones([4, 16, 3, 3])).numpy().reshape(64, 9)
+    per_channel = np.unique(out, axis=1)
+    assert per_channel.shape[1] == 1 and set(np.unique(out)) == {0.0, 2.0}  # whole maps kept (x2) or zeroed
+
+
 # --------------------------------------------------------------------------- log-determinants
 def test_main_flow_logdet_matches_finite_difference_jacobian():
     flow = _tiny(seed=5, dtype="float64")

@@ -119,10 +119,11 @@ class GatedAttn(nn.Layer):
         proj = self.in_proj(x)
         # Reference layout: first 2C outputs are "memory" = (k, v), last C are q.
         k, v, q = paddle.split(proj, [c, c, c], axis=-1)
+        q = q * (c // self.num_heads) ** -0.5  # scale before the head split: contiguous, cheaper
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        q = q * (c // self.num_heads) ** -0.5
         weights = F.softmax(paddle.matmul(q, k, transpose_y=True), axis=-1)
-        weights = F.dropout(weights, p=self.drop_prob, training=self.training)
+        if self.training and self.drop_prob > 0:  # eval-mode F.dropout still copies
+            weights = F.dropout(weights, p=self.drop_prob, training=True)
         out = paddle.matmul(weights, v)                      # [N, heads, L, depth]
         out = out.transpose([0, 2, 1, 3]).reshape([n, h, w, c])
         a, b = paddle.chunk(self.gate(out), 2, axis=-1)

@@ -1,0 +1,92 @@
+"""Benchmark Flow++: forward+backward (NLL) time and sampling time.
+
+Defaults are the CIFAR configuration at batch 28 (the CoopFlow training batch). On a shared
+machine check it first with a tiny size, e.g.
+    python bench/bench_flowpp.py --size 8 --mid-channels 8 --num-blocks 1 --num-components 4 --batch 2 --samples 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
+from paddle_coopflow.utils.env import seed_everything, setup_threads  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=28, help="training batch for forward+backward")
+    p.add_argument("--samples", type=int, default=28, help="images drawn per sampling call")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--size", type=int, default=32, help="image height = width")
+    p.add_argument("--mid-channels", type=int, default=96)
+    p.add_argument("--num-blocks", type=int, default=10)
+    p.add_argument("--num-components", type=int, default=32)
+    p.add_argument("--num-dequant-blocks", type=int, default=2)
+    p.add_argument("--no-attn", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (after one warm-up)")
+    p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
+    p.add_argument("--sample-mode", choices=["eval", "train"], default="eval",
+                   help="eval (generation) or train (as during CoopFlow training: dropout on)")
+    return p.parse_args(argv)
+
+
+def _timeit(fn, repeats: int) -> list:
+    fn()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    threads = setup_threads(args.threads)
+    import numpy as np
+    import paddle
+
+    from paddle_coopflow.models.flowpp import FlowPlusPlus, data_init
+
+    seed_everything(0)
+    flow = FlowPlusPlus(in_shape=(args.channels, args.size, args.size), mid_channels=args.mid_channels,
+                        num_blocks=args.num_blocks, num_components=args.num_components,
+                        num_dequant_blocks=args.num_dequant_blocks, use_attn=not args.no_attn)
+    n_params = sum(int(np.prod(p.shape)) for p in flow.parameters() if not p.stop_gradient)
+    x = paddle.rand([args.batch, args.channels, args.size, args.size]) * 2 - 1
+    t = time.perf_counter()
+    data_init(flow, x)
+    init_s = time.perf_counter() - t
+
+    flow.train()
+
+    def train_step():
+        flow.clear_gradients()
+        loss = flow.nll(x).mean()
+        loss.backward()
+
+    fb = _timeit(train_step, args.repeats)
+
+    flow.train() if args.sample_mode == "train" else flow.eval()
+
+    def sample():
+        flow.sample(args.samples).numpy()  # .numpy() forces completion
+
+    smp = _timeit(sample, args.repeats)
+    result = dict(threads=threads, params=n_params, batch=args.batch, samples=args.samples,
+                  shape=[args.channels, args.size, args.size], data_init_s=round(init_s, 3),
+                  fwd_bwd_s=round(float(np.median(fb)), 3), fwd_bwd_img_per_s=round(args.batch / np.median(fb), 2),
+                  sample_s=round(float(np.median(smp)), 3), sample_mode=args.sample_mode)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
