@@ -92,25 +92,30 @@ class EBMRes(nn.Layer):
     stem conv3×3 + swish → blocks C→2C→4C→8C (each halves H, W) → conv4×4 valid to 100 channels → sum.
     With img_size=64 one extra block(8C→8C) brings 64×64 down to 4×4 before the head.
     17,129,444 parameters for in_channels=3, base_channels=128, img_size=32.
+    Small images for demos and tests (our extension, not in the paper): img_size=16 keeps the first two
+    blocks (C→2C→4C) and img_size=8 the first one, so the head always sees 4×4.
 
     Args:
         in_channels: image channels.
         base_channels: C (n_f in the official code).
-        img_size: 32 or 64.
+        img_size: 8, 16, 32 or 64.
 
     Call: x [N, in_channels, img_size, img_size] in [-1, 1] → f(x) [N].
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 128, img_size: int = 32):
         super().__init__()
-        if img_size not in (32, 64):
-            raise ValueError(f"EBMRes img_size must be 32 or 64, got {img_size}; resize the data or use EBM.arch=plain")
+        if img_size not in (8, 16, 32, 64):
+            raise ValueError(f"EBMRes img_size must be 8, 16, 32 or 64, got {img_size}; set EBM.img_size to "
+                             "the data's image size")
         c = base_channels
-        layers: List[nn.Layer] = [_conv(in_channels, c, 3, 1, 1), Swish(),
-                                  EBMBlock(c, 2 * c), EBMBlock(2 * c, 4 * c), EBMBlock(4 * c, 8 * c)]
+        n_blocks = {8: 1, 16: 2, 32: 3, 64: 3}[img_size]
+        widths = [c, 2 * c, 4 * c, 8 * c][: n_blocks + 1]
+        layers: List[nn.Layer] = [_conv(in_channels, c, 3, 1, 1), Swish()]
+        layers += [EBMBlock(a, b) for a, b in zip(widths[:-1], widths[1:])]
         if img_size == 64:
             layers.append(EBMBlock(8 * c, 8 * c))
-        layers.append(_conv(8 * c, 100, 4, 1, 0))
+        layers.append(_conv(widths[-1], 100, 4, 1, 0))
         self.f = nn.Sequential(*layers)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

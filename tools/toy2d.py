@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""The 2-D toy experiment of the paper (§5.1, Figure 2): CoopFlow on a 2-D point set.
+
+    python tools/toy2d.py -c configs/toy_spiral_t100.yaml [-o Section.key=value ...] [--dry-run]
+
+Trains q_α (Flow2D) and f_θ (MLP EBM) with paper Algorithm 1 (paddle_coopflow/coopflow.py) and
+writes into Global.output_dir:
+  figure.png      Figure-2 style panels: ground truth, density of q_α, density of p_θ ∝ exp f_θ
+                  (normalised numerically on the grid), samples of q_α, samples of π = K_θ q_α;
+  samples.npz     arrays `flow` and `coopflow` ([Eval.num_samples, 2] each) and `heldout`;
+  metrics.json    Toy.metric of each sample set against held-out data (+ the history when
+                  Toy.eval_every > 0, and a data-vs-data reference), also printed and logged;
+  config.yaml, train.log, stats.jsonl, flow.pdparams, ebm.pdparams.
+
+K_θ at evaluation is the *training* transition (Langevin.step_size, with the training noise), so
+the π samples are draws from the distribution the flow was fitted to. Langevin.test_step_size is
+not used here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
+from paddle_coopflow.config import Config, add_config_args, load_config, run_cli  # noqa: E402
+from paddle_coopflow.errors import UserError  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def check_config(cfg: Config) -> None:
+    """Reject settings this tool does not implement (one-line UserError)."""
+    if cfg.Flow.arch != "flow2d" or cfg.EBM.arch != "mlp" or cfg.EBM.in_dim != 2:
+        raise UserError("tools/toy2d.py needs Flow.arch=flow2d, EBM.arch=mlp and EBM.in_dim=2")
+    if cfg.Data.name not in ("spiral", "moons", "rings", "checkerboard", "file"):
+        raise UserError(f"Data.name={cfg.Data.name!r} is not a 2-D set; use spiral|moons|rings|checkerboard|file")
+    if cfg.Train.mode != "coopflow" or cfg.Train.pretrain_epochs or cfg.Train.warmup_epochs:
+        raise UserError("tools/toy2d.py supports Train.mode=coopflow with pretrain_epochs=0 and warmup_epochs=0")
+
+
+def prepare_run_dir(cfg: Config) -> str:
+    out = os.path.abspath(cfg.Global.output_dir)
+    if os.path.isdir(out) and os.listdir(out) and not cfg.Global.overwrite:
+        raise UserError(f"output dir {out} exists and is not empty; pass -o Global.overwrite=true or "
+                        f"choose another -o Global.output_dir=...")
+    os.makedirs(out, exist_ok=True)
+    for name in ("train.log", "stats.jsonl"):  # a fresh log when overwriting
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    return out
+
+
+def build_coopflow(cfg: Config, n_train: int):
+    """Flow2D + MLP EBM + their Adam bundles + the Algorithm-1 stepper, from the config."""
+    from paddle_coopflow.builder import build_ebm, build_flow
+    from paddle_coopflow.coopflow import CoopFlow, CoopFlowOptions
+    from paddle_coopflow.optim import build_ebm_optimizer, build_flow_optimizer
+
+    o, t, lg = cfg.Optimizer, cfg.Train, cfg.Langevin
+    flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
+    b = min(t.batch_size, n_train)
+    fopt = build_flow_optimizer(flow, o.flow_lr, o.flow_gain_l2, betas=(o.flow_beta1, o.flow_beta2),
+                                warmup_iters=o.warmup_iters, batch_size=b,
+                                warmup_first_step_zero=o.warmup_first_step_zero)
+    eopt = build_ebm_optimizer(ebm, o.ebm_lr, betas=(o.ebm_beta1, o.ebm_beta2), warmup_iters=o.warmup_iters,
+                               batch_size=b, warmup_first_step_zero=o.warmup_first_step_zero)
+    opts = CoopFlowOptions(
+        mode="coopflow", n_steps=lg.n_steps, step_size=lg.step_size, test_step_size=lg.test_step_size,
+        delta_clip=lg.delta_clip, image_clip=tuple(lg.image_clip) if lg.image_clip else None,
+        noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
+        flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
+        ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
+        skip_ebm_check_first_epoch=o.skip_check_first_epoch, n_update_flow=t.n_update_flow,
+        sample_flow_in_train_mode=t.sample_flow_train_mode, order=t.order)
+    return CoopFlow(flow, ebm, fopt, eopt, opts)
+
+
+def draw_samples(coop, n: int, batch: int, epoch: float):
+    """(flow samples x̂ ~ q_α, CoopFlow samples x̃ ~ π = K_θ q_α), float64 [n, 2] each.
+
+    Glue around CoopFlow.propose/revise: nets in eval mode, K_θ = the training transition
+    (training step size *and noise*), which CoopFlow.sample cannot do (it never adds noise).
+    """
+    nets = (coop.flow, coop.ebm)
+    was = [m.training for m in nets]
+    for m in nets:
+        m.eval()
+    xs, ys = [], []
+    try:
+        for i in range(0, n, batch):
+            x = coop.propose(min(batch, n - i))
+            xs.append(x.numpy())
+            ys.append(coop.revise(x, epoch, train=True).numpy())
+    finally:
+        for m, w in zip(nets, was):
+            m.train(w)
+    return np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+
+
+def evaluate(coop, heldout: np.ndarray, cfg: Config, epoch: float, n: int, seed: int):
+    """Toy.metric of flow and CoopFlow samples (n each) against the held-out points."""
+    from paddle_coopflow.metrics.sample_distance import sample_distance
+
+    xf, xc = draw_samples(coop, n, cfg.Eval.sample_batch_size, epoch)
+    kw = dict(bandwidths=cfg.Toy.mmd_bandwidths, max_points=cfg.Toy.metric_points, seed=seed)
+    res = {"flow": sample_distance(cfg.Toy.metric, xf, heldout, **kw),
+           "coopflow": sample_distance(cfg.Toy.metric, xc, heldout, **kw)}
+    return res, xf, xc
+
+
+def density_grids(coop, cfg: Config):
+    """q_α = exp(−nll) and p_θ = exp f / Z (Z by the grid's Riemann sum) on a G×G grid. [G, G] each."""
+    import paddle
+
+    r, g = cfg.Toy.plot_range, cfg.Toy.grid_resolution
+    centers = (np.arange(g) + 0.5) / g * 2 * r - r
+    xx, yy = np.meshgrid(centers, centers)  # row index = y, so imshow(origin='lower') is upright
+    pts = paddle.to_tensor(np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32))
+    coop.flow.eval()
+    coop.ebm.eval()
+    with paddle.no_grad():
+        q = np.exp(-coop.flow.nll(pts).numpy().astype(np.float64))
+        f = coop.ebm(pts).numpy().astype(np.float64)
+    coop.flow.train()
+    coop.ebm.train()
+    cell = (2 * r / g) ** 2
+    p = np.exp(f - f.max())
+    p /= p.sum() * cell
+    return q.reshape(g, g), p.reshape(g, g), float(q.sum() * cell)
+
+
+def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics) -> None:
+    """The Figure-2 style panel row, saved as PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = cfg.Toy.plot_range
+    ext = (-r, r, -r, r)
+    name = cfg.Toy.metric.upper()
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
+    panels = [("ground truth (held-out)", heldout, None), ("density of q_α", None, q),
+              ("density of p_θ ∝ exp f_θ", None, p),
+              (f"samples of q_α  ({name} {metrics['flow']:.4g})", xf, None),
+              (f"samples of π = K_θ q_α  ({name} {metrics['coopflow']:.4g})", xc, None)]
+    for ax, (title, pts, dens) in zip(axes, panels):
+        if dens is not None:
+            ax.imshow(dens, origin="lower", extent=ext, cmap="viridis", interpolation="nearest")
+        else:
+            ax.scatter(pts[:, 0], pts[:, 1], s=0.6, alpha=0.5, color="tab:blue", linewidths=0)
+        ax.set_xlim(-r, r)
+        ax.set_ylim(-r, r)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"CoopFlow 2-D ({cfg.Data.name}), T = {cfg.Langevin.n_steps}, s = {cfg.Langevin.step_size}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _log_stats(it: int, iters: int, epoch: int, epochs: int, st: dict, t_iter: float, eta: float) -> str:
+    from paddle_coopflow.logger import format_eta
+
+    keys = ("ebm_loss", "f_data", "f_revised", "f_proposal", "flow_nll", "langevin_mse", "noise_std",
+            "lr_ebm", "lr_flow")
+    body = " ".join(f"{k} {st[k]:.4g}" for k in keys if k in st)
+    return f"[toy] epoch {epoch + 1}/{epochs} iter {it}/{iters} {body} batch_cost {t_iter:.3f}s eta {format_eta(eta)}"
+
+
+def train(cfg: Config, out: str, logger) -> dict:
+    """Train, evaluate, plot, save. Returns the metrics dict written to metrics.json."""
+    import paddle
+
+    from paddle_coopflow.data import DatasetError
+    from paddle_coopflow.data.toy2d import toy_train_heldout
+
+    seed = cfg.Global.seed
+    try:
+        train_pts, heldout = toy_train_heldout(cfg.Data.name, cfg.Data.root, cfg.Data.num_points, cfg.Data.noise,
+                                               cfg.Toy.heldout_points, seed)
+    except DatasetError as err:
+        raise UserError(str(err)) from None
+    coop = build_coopflow(cfg, len(train_pts))
+    b = min(cfg.Train.batch_size, len(train_pts))
+    per_epoch = len(train_pts) // b
+    iters = cfg.Train.max_iters or cfg.Train.coop_epochs * per_epoch
+    epochs = math.ceil(iters / per_epoch)
+    logger.info(f"data {cfg.Data.name}: {len(train_pts)} training / {len(heldout)} held-out points; "
+                f"{iters} iterations of batch {b} ({per_epoch} per epoch); T={cfg.Langevin.n_steps} "
+                f"s={cfg.Langevin.step_size} noise={cfg.Langevin.noise}")
+    rng = np.random.default_rng([seed, 7])
+    history, bad_run, t0 = [], 0, time.time()
+    ev_every = cfg.Toy.eval_every
+    n_ev = min(cfg.Toy.metric_points, cfg.Eval.num_samples)
+    if ev_every:
+        m0, _, _ = evaluate(coop, heldout, cfg, 0, n_ev, seed)
+        history.append(dict(iter=0, **m0))
+        logger.info(f"[eval] iter 0 {cfg.Toy.metric} flow {m0['flow']:.5g} coopflow {m0['coopflow']:.5g}")
+    perm, pos = rng.permutation(len(train_pts)), 0
+    for it in range(1, iters + 1):
+        if pos + b > len(perm):
+            perm, pos = rng.permutation(len(train_pts)), 0
+        x = paddle.to_tensor(train_pts[perm[pos:pos + b]])
+        pos += b
+        epoch = (it - 1) // per_epoch
+        t_it = time.time()
+        st = coop.train_step(x, epoch, (it - 1) % per_epoch)
+        bad_run = bad_run + 1 if st["nonfinite"] else 0
+        if bad_run >= cfg.Global.max_consecutive_nonfinite:
+            raise UserError(f"{bad_run} non-finite steps in a row at iteration {it}; lower the learning rates "
+                            f"or Langevin.step_size")
+        if it % cfg.Global.log_interval == 0 or it == iters:
+            el = time.time() - t0
+            logger.info(_log_stats(it, iters, epoch, epochs, st, time.time() - t_it, el / it * (iters - it)))
+            logger.record(it, {f"train/{k}": v for k, v in st.items() if isinstance(v, float)})
+        if ev_every and it % ev_every == 0 and it != iters:
+            m, _, _ = evaluate(coop, heldout, cfg, epoch, n_ev, seed)
+            history.append(dict(iter=it, **m))
+            logger.info(f"[eval] iter {it} {cfg.Toy.metric} flow {m['flow']:.5g} coopflow {m['coopflow']:.5g}")
+            logger.record(it, {"eval/flow": m["flow"], "eval/coopflow": m["coopflow"]})
+    train_time = time.time() - t0
+
+    final, xf, xc = evaluate(coop, heldout, cfg, (iters - 1) // per_epoch, cfg.Eval.num_samples, seed)
+    from paddle_coopflow.metrics.sample_distance import sample_distance
+
+    ref = sample_distance(cfg.Toy.metric, train_pts, heldout, cfg.Toy.mmd_bandwidths, cfg.Toy.metric_points, seed)
+    if ev_every:
+        history.append(dict(iter=iters, **final))
+    q, p, q_mass = density_grids(coop, cfg)
+    plot_figure(os.path.join(out, "figure.png"), heldout, q, p, xf, xc, cfg, final)
+    np.savez(os.path.join(out, "samples.npz"), flow=xf.astype(np.float32), coopflow=xc.astype(np.float32),
+             heldout=heldout)
+    paddle.save(coop.flow.state_dict(), os.path.join(out, "flow.pdparams"))
+    paddle.save(coop.ebm.state_dict(), os.path.join(out, "ebm.pdparams"))
+    res = {"metric": cfg.Toy.metric, "flow": final["flow"], "coopflow": final["coopflow"],
+           "data_reference": ref, "iterations": iters, "n_steps": cfg.Langevin.n_steps,
+           "num_samples": cfg.Eval.num_samples, "metric_points": cfg.Toy.metric_points,
+           "q_mass_on_grid": q_mass, "train_seconds": train_time, "total_seconds": time.time() - t0,
+           "history": history}
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    logger.record(iters, {"eval/flow": final["flow"], "eval/coopflow": final["coopflow"]})
+    logger.info(f"[final] {cfg.Toy.metric} vs held-out: flow (q_α) {final['flow']:.5g}  coopflow (π) "
+                f"{final['coopflow']:.5g}  data-vs-data reference {ref:.5g}  q_α mass on grid {q_mass:.3f}  "
+                f"train {train_time:.0f}s total {res['total_seconds']:.0f}s")
+    return res
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.override)
+    check_config(cfg)
+    if args.dry_run:
+        print(cfg.dump())
+        return 0
+    from paddle_coopflow.logger import RunLogger
+    from paddle_coopflow.utils.env import resolve_device, seed_everything, setup_threads
+
+    out = prepare_run_dir(cfg)
+    threads = setup_threads(cfg.Global.threads)
+    device = resolve_device(cfg.Global.device)
+    seed_everything(cfg.Global.seed)
+    with open(os.path.join(out, "config.yaml"), "w") as fh:
+        fh.write(cfg.dump())
+    logger = RunLogger(out, use_visualdl=cfg.Global.use_visualdl)
+    try:
+        logger.info(f"toy2d: config {args.config} -> {out} (device {device}, {threads} threads, "
+                    f"load average {os.getloadavg()[0]:.2f})")
+        train(cfg, out, logger)
+    finally:
+        logger.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
