@@ -34,3 +34,28 @@ def param_counts(cfg) -> Dict[str, int]:
     if cfg.Train.mode != "flow_only":
         counts["ebm"] = count_params(build_ebm(cfg.EBM))
     return counts
+
+
+def load_trained(cfg, prefix: str, eval_mode: bool = True):
+    """(flow or None, ebm or None) built from `cfg` with the weights of checkpoint `prefix`.
+
+    Only ``<prefix>.pdparams`` is needed. A checkpoint/config mismatch (e.g. another width)
+    raises a one-line :class:`~paddle_coopflow.errors.CheckpointError`.
+    """
+    from .checkpoint import load_checkpoint, load_params_into
+    from .errors import CheckpointError
+
+    params = load_checkpoint(prefix, need=(".pdparams",))["params"]
+    nets = []
+    for key, section, builder in (("flow", cfg.Flow, build_flow), ("ebm", cfg.EBM, build_ebm)):
+        if key not in params:
+            nets.append(None)
+            continue
+        net = builder(section)
+        load_params_into(net, params[key], key)
+        if eval_mode:
+            net.eval()
+        nets.append(net)
+    if all(n is None for n in nets):
+        raise CheckpointError(f"{prefix}.pdparams holds neither a flow nor an EBM")
+    return nets[0], nets[1]
