@@ -1,0 +1,204 @@
+"""Benchmark one Langevin step of EBM_res: Paddle dygraph vs Paddle fast (static + oneDNN) vs PyTorch eager.
+
+Run by hand, never in CI. The defaults are the paper EBM (nf = 128, 32×32) at batch 8 and 28 with
+2 threads; the three variants are timed interleaved (one call of each per round) so that a change of
+machine load hits all of them alike. Also checks, on the same model, that the fast chain equals the
+dygraph chain after T steps before and after an optimizer step changes the weights, that the PyTorch
+twin computes the same f and ∇ₓf, and reports peak RSS and the load average.
+
+Check that it runs with a tiny size first:
+    python bench/bench_langevin.py --nf 8 --batches 2 --repeats 1 --check-steps 2
+Full run (~5 min on a quiet 2-core machine):
+    python bench/bench_langevin.py
+PyTorch is optional (`pip install torch==2.13.0`, a benchmark-only dependency).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
+from paddle_coopflow.utils.env import seed_everything, setup_threads  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nf", type=int, default=128, help="EBM base channels (paper: 128)")
+    p.add_argument("--img", type=int, default=32, choices=(8, 16, 32))
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 28])
+    p.add_argument("--threads", type=int, default=2, help="math threads for both frameworks; 0 = all cores")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per batch (after one warm-up)")
+    p.add_argument("--step-size", type=float, default=0.03)
+    p.add_argument("--check-steps", type=int, default=30, help="T of the fast-vs-dygraph chain check; 0 = skip")
+    p.add_argument("--check-batch", type=int, default=8)
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--json", default="", help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def _median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def _import_torch(skip: bool):
+    if skip:
+        return None
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch not installed: torch columns skipped (pip install torch==2.13.0 to compare)")
+        return None
+    return torch
+
+
+def chain_check(ebm, lf, args, np, paddle) -> dict:
+    """max |fast − dygraph| after T steps, before and after an Adam step changes the weights."""
+    from paddle_coopflow.langevin import langevin_step
+
+    T, s = args.check_steps, args.step_size
+    step = lf.make_langevin_step(ebm, strict=True)
+    x0 = paddle.to_tensor(np.random.RandomState(1).uniform(-1, 1, (args.check_batch, 3, args.img, args.img))
+                          .astype("float32"))
+    out = {}
+    opt = paddle.optimizer.Adam(1e-4, parameters=ebm.parameters())
+    for tag in ("before_update", "after_update"):
+        xa = xb = x0
+        t0 = time.perf_counter()
+        for _ in range(T):
+            xa = step(ebm, xa, s, 0.1, (-1.0, 1.0))[0]
+        t1 = time.perf_counter()
+        for _ in range(T):
+            xb = langevin_step(ebm, xb, s, 0.1, (-1.0, 1.0))[0]
+        t2 = time.perf_counter()
+        out[tag] = {"max_abs_diff": float(np.abs(xa.numpy() - xb.numpy()).max()),
+                    "moved": float(np.abs(xb.numpy() - x0.numpy()).max()),
+                    "fast_s": round(t1 - t0, 2), "dygraph_s": round(t2 - t1, 2)}
+        print(f"chain T={T} B={args.check_batch} {tag}: max|fast-dygraph| = {out[tag]['max_abs_diff']:.2e} "
+              f"(max |x_T - x_0| {out[tag]['moved']:.3f}; fast {t1 - t0:.1f} s, dygraph {t2 - t1:.1f} s)")
+        if tag == "before_update":   # a real dygraph training update between the two sampling calls
+            loss = ebm(xb).mean() - ebm(x0).mean()
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    threads = setup_threads(args.threads)
+    import numpy as np
+    import paddle
+
+    from paddle_coopflow import langevin_fast as lf
+    from paddle_coopflow.langevin import langevin_step
+    from paddle_coopflow.models.ebm import EBMRes
+
+    torch = _import_torch(args.no_torch)
+    load0 = os.getloadavg()
+    seed_everything(0)
+    ebm = EBMRes(3, args.nf, args.img)
+    n_params = sum(int(np.prod(p.shape)) for p in ebm.parameters())
+    fast = lf.FastLangevin(ebm, strict=True)
+    tebm = None
+    info = {"machine": f"{_cpu_model()}, {os.cpu_count()} logical cores", "python": platform.python_version(),
+            "paddle": paddle.__version__, "torch": torch.__version__ if torch else None, "threads": threads,
+            "nf": args.nf, "img": args.img, "params": n_params, "fast_available": lf.available(),
+            "load_avg_start": [round(v, 2) for v in load0]}
+    if torch is not None:
+        from torch_ebm import TorchEBMRes, copy_from_paddle, cross_check
+        from torch_ebm import langevin_step as torch_step
+
+        torch.set_num_threads(threads)
+        tebm = copy_from_paddle(TorchEBMRes(3, args.nf, args.img), ebm)
+        xc = np.random.RandomState(2).uniform(-1, 1, (2, 3, args.img, args.img)).astype("float32")
+        info["twin_check"] = cross_check(ebm, tebm, xc)
+        print(f"torch twin vs Paddle: {info['twin_check']}")
+    print(json.dumps(info))
+
+    s, rows = args.step_size, []
+    for B in args.batches:
+        x = paddle.to_tensor(np.random.RandomState(B).uniform(-1, 1, (B, 3, args.img, args.img)).astype("float32"))
+        runs = {"paddle_dygraph": lambda: langevin_step(ebm, x, s, 0.1, (-1.0, 1.0))[0].numpy(),
+                "paddle_fast": lambda: fast.step(x, s, 0.1, (-1.0, 1.0))[0].numpy()}
+        if tebm is not None:
+            xt = torch.from_numpy(x.numpy())
+            runs["torch_eager"] = lambda: torch_step(tebm, xt, s, 0.1, (-1.0, 1.0))[0].numpy()
+        warm = {k: _timed(fn)[0] for k, fn in runs.items()}   # paddle_fast: trace + compile + verify
+        rss_after_warmup = _rss_mb()
+        wall = {k: [] for k in runs}
+        cpu = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, fn in runs.items():
+                w, c = _timed(fn)
+                wall[k].append(w)
+                cpu[k].append(c)
+        row = {"batch": B, "first_call_s": {k: round(v, 2) for k, v in warm.items()},
+               "wall_s": {k: round(_median(v), 3) for k, v in wall.items()},
+               "cpu_s": {k: round(_median(v), 3) for k, v in cpu.items()},
+               "load_avg_1min": round(os.getloadavg()[0], 2), "peak_rss_mb": round(rss_after_warmup)}
+        if tebm is not None:
+            row["fast_over_torch"] = round(row["wall_s"]["paddle_fast"] / row["wall_s"]["torch_eager"], 2)
+            row["dygraph_over_torch"] = round(row["wall_s"]["paddle_dygraph"] / row["wall_s"]["torch_eager"], 2)
+        rows.append(row)
+        print(json.dumps(row))
+
+    chain = chain_check(ebm, lf, args, np, paddle) if args.check_steps > 0 else None
+    result = dict(info, rows=rows, chain=chain, peak_rss_mb=round(_rss_mb()),
+                  load_avg_end=[round(v, 2) for v in os.getloadavg()])
+    _print_table(result)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return result
+
+
+def _print_table(r: dict) -> None:
+    cols = ["paddle_dygraph", "paddle_fast", "torch_eager"]
+    print(f"\n{r['machine']}; Paddle {r['paddle']}, torch {r['torch']}, {r['threads']} threads, "
+          f"EBM_res nf={r['nf']} ({r['params']:,} params), {r['img']}x{r['img']}; "
+          f"load avg start {r['load_avg_start']}, end {r['load_avg_end']}")
+    print("| batch | Paddle dygraph s/step | Paddle fast s/step | torch eager s/step | fast / torch "
+          "| dygraph / torch | fast first call s | load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in r["rows"]:
+        w = row["wall_s"]
+        cells = [f"{w[c]:.3f}" if c in w else "–" for c in cols]
+        print(f"| {row['batch']} | " + " | ".join(cells) + f" | {row.get('fast_over_torch', '–')} | "
+              f"{row.get('dygraph_over_torch', '–')} | {row['first_call_s']['paddle_fast']} | {row['load_avg_1min']} |")
+    print(f"peak RSS {r['peak_rss_mb']} MB (both frameworks in one process)")
+
+
+if __name__ == "__main__":
+    main()
