@@ -120,6 +120,11 @@ class CoopFlow:
         self.flow, self.ebm = flow, ebm
         self.flow_optim, self.ebm_optim = flow_optim, ebm_optim
         self.gstep = int(gstep)
+        # Data-parallel training sets these to paddle.DataParallel wrappers (forward = flow.nll / ebm):
+        # the loss forward passes then go through the reducer, so gradients are all-reduced across ranks.
+        # Sampling always uses the raw nets (no parameter gradients are involved there).
+        self.loss_flow: Optional[nn.Layer] = None
+        self.loss_ebm: Optional[nn.Layer] = None
 
     # ----------------------------------------------------------------------------------- sampling
     @paddle.no_grad()
@@ -206,8 +211,9 @@ class CoopFlow:
             _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats)
 
         # 4. EBM loss: raise f on data, lower it on the revised samples
-        f_data = self.ebm(x_data).mean()
-        f_rev = self.ebm(x_rev).mean()
+        energy = self.loss_ebm or self.ebm
+        f_data = energy(x_data).mean()
+        f_rev = energy(x_rev).mean()
         ebm_loss = f_rev - f_data
         ebm_loss.backward()
         ebm_norm = clip_grad_norm(self.ebm_optim.parameters, o.ebm_clip_norm)
@@ -240,7 +246,7 @@ class CoopFlow:
         """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
         d = float(np.prod(x.shape[1:]))
         if update:
-            loss = self.flow.nll(x).mean()
+            loss = (self.loss_flow or self.flow.nll)(x).mean()
             loss.backward()
             norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.o.flow_clip_norm, self.o.flow_clip_mode)
             for name, v in zip(self.flow_optim.group_names, per):

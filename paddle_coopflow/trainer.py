@@ -39,6 +39,24 @@ _TAGS = {
 }
 
 
+def _portable_opt_state(state: Dict, net, to_portable: bool) -> Dict:
+    """Rename optimizer accumulators between Paddle's per-process parameter names (``conv2d_19.w_0``,
+    which depend on creation order) and the network's structural names (``f.0.weight``), so an
+    optimizer state can be restored into nets built in another order or process."""
+    pairs = [(p.name, "@" + k) for k, p in net.named_parameters()]
+    if not to_portable:
+        pairs = [(b, a) for a, b in pairs]
+    pairs.sort(key=lambda ab: -len(ab[0]))
+    out = {}
+    for key, val in state.items():
+        for src, dst in pairs:
+            if key.startswith(src + "_"):
+                key = dst + key[len(src):]
+                break
+        out[key] = val
+    return out
+
+
 def dist_info():
     """(rank, world_size) from the variables `paddle.distributed.launch` sets."""
     return int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
@@ -219,9 +237,10 @@ class Trainer:
         fo, eo = self._optims
         params = {k: v.state_dict() for k, v in (("flow", self.flow), ("ebm", self.ebm)) if v is not None}
         opt = {}
+        net_of = {"flow": self.flow, "ebm": self.ebm}
         for k, b in (("flow", fo), ("ebm", eo)):
             if b is not None:
-                opt[k] = b.optimizer.state_dict()
+                opt[k] = _portable_opt_state(b.optimizer.state_dict(), net_of[k], True)
                 opt[k + "_sched"] = b.scheduler.state_dict()
         prefix = os.path.join(self.ckpt_dir, prefix_name)
         ckpt.save_checkpoint(prefix, params, opt, self._state())
@@ -242,7 +261,7 @@ class Trainer:
             if k not in p:
                 raise UserError(f"checkpoint {prefix} has no {k} network; was it trained with another Train.mode?")
             ckpt.load_params_into(net, p[k], k)
-            b.optimizer.set_state_dict(o[k])
+            b.optimizer.set_state_dict(_portable_opt_state(o[k], net, False))
             b.scheduler.set_state_dict(o[k + "_sched"])
         self.epoch, self.batch_pos, self.global_iter = s["epoch"], s["batch_pos"], s["global_iter"]
         self.learner.gstep = s["gstep"]
@@ -347,9 +366,32 @@ class Trainer:
             self.sample_grid()
         self.log.info(f"done: {self.global_iter} iterations; checkpoints in {self.ckpt_dir}; "
                       f"samples in {os.path.join(self.run_dir, 'samples')}")
+        if self.world_size > 1:
+            self._check_ranks_agree()
         self._export()
         self.log.close()
         return {"global_iter": self.global_iter, "counters": dict(self.counters), "best": dict(self.best)}
+
+    def _check_ranks_agree(self) -> None:
+        """Compare a digest of every parameter across ranks (they must be bit-identical)."""
+        import hashlib
+
+        import paddle
+        import paddle.distributed as dist
+
+        h = hashlib.sha256()
+        for net in (self.flow, self.ebm):
+            if net is not None:
+                for v in net.state_dict().values():
+                    h.update(np.ascontiguousarray(v.numpy()).tobytes())
+        digest = paddle.to_tensor(np.frombuffer(h.digest()[:8], dtype=np.int64).copy())
+        gathered = []
+        dist.all_gather(gathered, digest)
+        same = all(int(g.item()) == int(digest.item()) for g in gathered)
+        msg = (f"parameters identical on all {self.world_size} ranks" if same else
+               f"WARNING: parameters differ between ranks (digests {[int(g.item()) for g in gathered]})")
+        print(f"[rank {self.rank}] {msg}", flush=True)
+        self.log.info(msg)
 
     def _account(self, stats: Dict, agg: Dict) -> None:
         for k in ("ebm_skipped", "flow_skipped"):
