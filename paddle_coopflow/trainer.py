@@ -141,6 +141,7 @@ class Trainer:
         self.consecutive_nonfinite = 0
         self.best = {"metric": None, "value": math.inf, "epoch": -1}
         self.last_saved: Optional[str] = None
+        self._epoch_bpd: list = []
 
         if resume:
             self._resume(resume)
@@ -229,7 +230,7 @@ class Trainer:
         return {"epoch": self.epoch, "batch_pos": self.batch_pos, "global_iter": self.global_iter,
                 "gstep": self.learner.gstep, "phase": self.phase_of(min(self.epoch, self.total_epochs - 1)),
                 "counters": dict(self.counters), "consecutive_nonfinite": self.consecutive_nonfinite,
-                "best": dict(self.best), "rng": ckpt.rng_state(), "config": self.cfg.to_dict()}
+                "best": dict(self.best), "epoch_bpd": list(self._epoch_bpd), "rng": ckpt.rng_state(), "config": self.cfg.to_dict()}
 
     def save(self, prefix_name: str, link_latest: bool = True) -> Optional[str]:
         if self.rank != 0:
@@ -270,6 +271,7 @@ class Trainer:
         self.counters.update(s["counters"])
         self.consecutive_nonfinite = s["consecutive_nonfinite"]
         self.best = s["best"]
+        self._epoch_bpd = list(s.get("epoch_bpd", []))
         ckpt.set_rng_state(s["rng"])
         self.log.info(f"resumed from {prefix}: epoch {self.epoch + 1} batch {self.batch_pos} "
                       f"iter {self.global_iter}")
@@ -411,6 +413,8 @@ class Trainer:
         for k, v in stats.items():
             if k in _TAGS and isinstance(v, float):
                 agg.setdefault(k, []).append(v)
+        if self.cfg.Train.mode == "flow_only" and math.isfinite(stats.get("flow_bpd", math.nan)):
+            self._epoch_bpd.append(stats["flow_bpd"])
 
     def _log_interval(self, phase: str, agg: Dict, cost: float, eta: float, total_iters: int) -> None:
         means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in agg.items()}
@@ -434,6 +438,15 @@ class Trainer:
             self.evaluate_fid()
         if g.save_every_epochs and self.epoch % g.save_every_epochs == 0:
             self.save(f"iter_{self.global_iter:07d}")
+        if self._epoch_bpd and not e.fid_every_epochs:
+            # Without FID, a flow-only run keeps as `best` the epoch with the lowest mean training bits/dim
+            # (the EBM loss is no quality measure, so other modes have no `best` until FID is on).
+            bpd = float(np.mean(self._epoch_bpd))
+            self._epoch_bpd = []
+            self.log.record(self.global_iter, {"train/epoch_bpd": bpd})
+            if bpd < self.best["value"]:
+                self.best = {"metric": "train_bpd", "value": bpd, "epoch": self.epoch}
+                self._link_best()
 
     # ------------------------------------------------------------------------------------------ outputs
     def sample_grid(self) -> Optional[str]:
@@ -496,9 +509,14 @@ class Trainer:
         self.log.info(f"epoch {self.epoch}: FID({n} samples) = {fid:.3f}")
         if fid < self.best["value"]:
             self.best = {"metric": f"fid_{n}", "value": fid, "epoch": self.epoch}
-            prefix = self.save(f"iter_{self.global_iter:07d}")
-            ckpt.link_checkpoint(prefix, os.path.join(self.ckpt_dir, "best"))
+            self._link_best()
         return fid
+
+    def _link_best(self) -> None:
+        prefix = self.save(f"iter_{self.global_iter:07d}")
+        if prefix:
+            ckpt.link_checkpoint(prefix, os.path.join(self.ckpt_dir, "best"))
+            self.log.info(f"best {self.best['metric']} = {self.best['value']:.4f}: {prefix} -> best")
 
     def _export(self) -> None:
         ex = self.cfg.Export
