@@ -1,0 +1,163 @@
+"""Benchmark Flow++ sampling with each mixture-CDF inverse: speed and agreement of the images.
+
+For every method in --methods it times `flow.inverse(z)` end to end and, separately, the time
+spent inside the mixture-CDF inversions (the rest is the coupling networks, ActNorm, InvConv).
+With --truth (default) it also samples once with every mixture inverse solved in float64 (the
+"fast" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of each
+float32 coupling, and reports each method's max |image - truth| next to max |fast - bisection|.
+
+Defaults are the paper configuration (FlowPlusPlus() defaults, random init plus one data-init
+pass on random images, eval mode) with 28 samples: several minutes on 2 cores. On a shared
+machine check it first with a tiny size, e.g.
+    python bench/bench_flow_sampling.py --size 8 --mid-channels 8 --num-blocks 1 --num-components 4 --samples 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
+from paddle_coopflow.utils.env import seed_everything, setup_threads  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=28, help="images per flow.inverse call")
+    p.add_argument("--init-batch", type=int, default=8, help="random images for the data-init pass")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--size", type=int, default=32, help="image height = width")
+    p.add_argument("--mid-channels", type=int, default=96)
+    p.add_argument("--num-blocks", type=int, default=10)
+    p.add_argument("--num-components", type=int, default=32)
+    p.add_argument("--no-attn", action="store_true")
+    p.add_argument("--methods", nargs="+", default=["bisection", "fast"])
+    p.add_argument("--no-truth", dest="truth", action="store_false", help="skip the float64-inverse reference run")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per method (after a 1-image warm-up)")
+    p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="", help="also write the results here")
+    return p.parse_args(argv)
+
+
+class _InverseTimer:
+    """Wraps the coupling module's mixture_inv_cdf: accumulates its wall time, optionally in float64."""
+
+    def __init__(self, coupling_module):
+        self.module = coupling_module
+        self.inner = coupling_module.mixture_inv_cdf
+        self.seconds = 0.0
+        self.float64 = False
+
+    def __call__(self, y, logits, means, log_scales, method="bisection"):
+        t = time.perf_counter()
+        if self.float64:
+            x = self.inner(*(a.astype("float64") for a in (y, logits, means, log_scales)), method="fast")
+            x = x.astype(y.dtype)
+        else:
+            x = self.inner(y, logits, means, log_scales, method=method)
+        x.numpy()  # count the work here, not in whatever op touches x next
+        self.seconds += time.perf_counter() - t
+        return x
+
+    def __enter__(self):
+        self.module.mixture_inv_cdf = self
+        return self
+
+    def __exit__(self, *exc):
+        self.module.mixture_inv_cdf = self.inner
+
+
+def _set_method(flow, method: str) -> None:
+    from paddle_coopflow.models.flowpp.coupling import Coupling
+
+    for m in flow.sublayers():
+        if isinstance(m, Coupling):
+            m.inverse_method = method
+
+
+def _time_inverse(flow, z, timer: _InverseTimer, repeats: int):
+    """-> (images as numpy, mean end-to-end seconds, mean seconds inside the mixture inverses)."""
+    flow.inverse(z[:1]).numpy()  # warm-up: kernel selection, allocations
+    total, inner = 0.0, 0.0
+    for _ in range(repeats):
+        timer.seconds = 0.0
+        t = time.perf_counter()
+        img = flow.inverse(z).numpy()
+        total += time.perf_counter() - t
+        inner += timer.seconds
+    return img, total / repeats, inner / repeats
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    threads = setup_threads(args.threads)
+    import numpy as np
+    import paddle
+
+    from paddle_coopflow.models.flowpp import INV_CDF_METHODS, FlowPlusPlus, data_init
+    from paddle_coopflow.models.flowpp import coupling as coupling_module
+
+    bad = [m for m in args.methods if m not in INV_CDF_METHODS]
+    if bad:
+        raise SystemExit(f"unknown --methods {bad}; choose from {INV_CDF_METHODS}")
+    seed_everything(args.seed)
+    shape = (args.channels, args.size, args.size)
+    flow = FlowPlusPlus(in_shape=shape, mid_channels=args.mid_channels, num_blocks=args.num_blocks,
+                        num_components=args.num_components, use_attn=not args.no_attn)
+    t = time.perf_counter()
+    data_init(flow, paddle.rand([args.init_batch, *shape]) * 2 - 1)
+    init_s = time.perf_counter() - t
+    flow.eval()
+    z = paddle.randn([args.samples, *shape])
+
+    res = {"config": vars(args), "threads": threads, "init_s": init_s, "load_avg_start": os.getloadavg(),
+           "methods": {}}
+    images = {}
+    with _InverseTimer(coupling_module) as timer:
+        for method in args.methods:
+            _set_method(flow, method)
+            images[method], total, inner = _time_inverse(flow, z, timer, args.repeats)
+            res["methods"][method] = {"end_to_end_s": total, "mixture_inverse_s": inner, "rest_s": total - inner}
+            print(f"{method:10s} end-to-end {total:8.2f} s | mixture inverse {inner:8.2f} s | rest {total - inner:8.2f} s",
+                  flush=True)
+        if args.truth:
+            timer.float64 = True
+            t = time.perf_counter()
+            truth = flow.inverse(z).numpy()
+            res["truth_s"] = time.perf_counter() - t
+            timer.float64 = False
+    res["load_avg_end"] = os.getloadavg()
+
+    def diff(a, b):
+        d = np.abs(a - b)
+        return {"max": float(d.max()), "p99.9": float(np.percentile(d, 99.9)), "mean": float(d.mean())}
+
+    if "bisection" in images and "fast" in images:
+        ref, new = res["methods"]["bisection"], res["methods"]["fast"]
+        res["speedup_end_to_end"] = ref["end_to_end_s"] / new["end_to_end_s"]
+        res["speedup_mixture_inverse"] = ref["mixture_inverse_s"] / new["mixture_inverse_s"]
+        res["fast_vs_bisection"] = diff(images["fast"], images["bisection"])
+        print(f"speed-up: end-to-end {res['speedup_end_to_end']:.2f}x, "
+              f"mixture inverse only {res['speedup_mixture_inverse']:.1f}x")
+        print(f"max |fast - bisection| = {res['fast_vs_bisection']['max']:.2e} "
+              f"(99.9th pct {res['fast_vs_bisection']['p99.9']:.1e})")
+    if args.truth:
+        for method, img in images.items():
+            res[f"{method}_vs_truth"] = diff(img, truth)
+            print(f"max |{method} - float64-inverse truth| = {res[f'{method}_vs_truth']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_truth']['p99.9']:.1e})")
+    print(f"load average start {res['load_avg_start']}, end {res['load_avg_end']}; threads {threads}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
