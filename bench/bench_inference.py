@@ -1,0 +1,144 @@
+"""Images per second: dygraph CoopFlow sampling vs the exported programs in Paddle Inference.
+
+Times, at one batch size, (1) dygraph generation as `CoopFlow.sample` does it (flow.inverse in eval
+mode + T Langevin steps at the test step size), optionally (`fast`) the same with the in-process
+static oneDNN Langevin step of paddle_coopflow.langevin_fast, (2) the flow alone in dygraph, (3) the
+exported `coopflow_sampler` and (4) `flow_generator` in Paddle Inference (oneDNN off, as required).
+Networks are randomly initialised (flow: one data-init pass on random images), so the bisection
+may take a different number of iterations than on a trained flow.
+
+    python bench/bench_inference.py -c configs/digits_demo.yaml --batch 28
+    python bench/bench_inference.py -c configs/cifar10_t30.yaml --batch 28      # paper: many minutes
+    python bench/bench_inference.py -c configs/digits_demo.yaml --batch 2 -o Langevin.n_steps=2 --repeats 1
+
+Prints one line per measurement and a final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))
+
+import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
+from paddle_coopflow.config import load_config  # noqa: E402
+from paddle_coopflow.utils.env import seed_everything, setup_threads  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
+    p.add_argument("--batch", type=int, default=28)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
+    p.add_argument("--warmup_batch", type=int, default=0,
+                   help="batch of the untimed warm-up run (0 = --batch); 1 halves the cost of slow configs")
+    p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
+    p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,flow",
+                   help="comma list of: dygraph, fast (flow + langevin_fast static oneDNN step), "
+                        "dygraph_flow, sampler, flow")
+    p.add_argument("--out_dir", default="", help="keep the exported programs here (default: a temp dir)")
+    return p.parse_args(argv)
+
+
+def _median_time(fn, repeats: int, warmup=None) -> float:
+    (warmup or fn)()  # first predictor run / first dygraph call build executors and pick kernels
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+    import paddle
+
+    import infer  # deploy/python/infer.py: the deployment's own predictor settings
+    from paddle_coopflow.builder import build_ebm, build_flow
+    from paddle_coopflow.export import export_all
+    from paddle_coopflow.langevin import langevin_flow
+
+    cfg = load_config(args.config, args.override)
+    threads = setup_threads(args.threads)
+    paddle.set_device("cpu")
+    seed_everything(0)
+    flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
+    c, h, w = flow.z_shape
+    flow.data_init(paddle.uniform([min(64, max(8, args.batch)), c, h, w], min=-1.0, max=1.0))
+    flow.eval()
+    ebm.eval()
+    lg = cfg.Langevin
+    clip = tuple(lg.image_clip) if lg.image_clip else None
+    z_np = np.random.RandomState(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
+    zw_np = z_np[: args.warmup_batch] if args.warmup_batch else z_np
+    z, zw = paddle.to_tensor(z_np), paddle.to_tensor(zw_np)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    res = {"config": args.config, "batch": args.batch, "n_steps": lg.n_steps, "threads": threads,
+           "image_shape": [c, h, w], "inverse_method": cfg.Flow.inverse_method, "paddle": paddle.__version__}
+    print(f"config {args.config}: batch {args.batch}, T={lg.n_steps}, image {c}x{h}x{w}, threads {threads}, "
+          f"inverse {cfg.Flow.inverse_method}", flush=True)
+
+    def report(key: str, seconds: float) -> None:
+        res[key + "_s"] = seconds
+        res[key + "_img_per_s"] = args.batch / seconds
+        print(f"{key:28s} {seconds:9.3f} s/batch  {args.batch / seconds:9.2f} img/s", flush=True)
+
+    if "dygraph" in parts:
+        def dygraph_sample(z0):
+            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip).numpy()
+
+        report("dygraph_coopflow", _median_time(lambda: dygraph_sample(z), args.repeats, lambda: dygraph_sample(zw)))
+    if "fast" in parts:  # in-process static Langevin step with oneDNN (paddle_coopflow.langevin_fast)
+        from paddle_coopflow.langevin_fast import make_langevin_step
+
+        step = make_langevin_step(ebm, strict=True)
+
+        def fast_sample(z0):
+            x = flow.inverse(z0)
+            for _ in range(lg.n_steps):
+                x = step(ebm, x, lg.test_step_size, lg.delta_clip, clip)[0]
+            return x.numpy()
+
+        report("dygraph_flow+fast_langevin", _median_time(lambda: fast_sample(z), args.repeats,
+                                                          lambda: fast_sample(zw)))
+    if "dygraph_flow" in parts:
+        report("dygraph_flow", _median_time(lambda: flow.inverse(z).numpy(), args.repeats,
+                                            lambda: flow.inverse(zw).numpy()))
+
+    if "sampler" in parts or "flow" in parts:
+        out_dir = args.out_dir or tempfile.mkdtemp(prefix="coopflow_export_")
+        t0 = time.perf_counter()
+        programs = [p for p, want in (("coopflow_sampler", "sampler"), ("flow_generator", "flow")) if want in parts]
+        export_all(cfg, flow, ebm, out_dir, programs=programs)
+        res["export_s"] = time.perf_counter() - t0
+        print(f"{'export':28s} {res['export_s']:9.3f} s ({', '.join(programs)} -> {out_dir})", flush=True)
+        for prog in programs:
+            t0 = time.perf_counter()
+            pred = infer.create_predictor(out_dir, prog, "cpu", threads)
+            res[prog + "_create_s"] = time.perf_counter() - t0
+            noise = prog == "coopflow_sampler" and len(pred.get_input_names()) > 1
+
+            def feeds(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
+                return [z0] + ([np.zeros((lg.n_steps, *z0.shape), np.float32)] if noise else [])
+
+            report("inference_" + prog, _median_time(lambda: infer.run_predictor(pred, feeds(z_np)), args.repeats,
+                                                     lambda: infer.run_predictor(pred, feeds(zw_np))))
+        if not args.out_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Static-graph export for Paddle Inference (PaddleClas / PaddleGAN style).
+
+Four programs, each with a dynamic batch axis and tensor inputs only (noise is an input, never
+drawn inside a graph), plus an ``infer_cfg.yml`` that describes them::
+
+    flow_generator     z [N, C, H, W]                       -> x̂ = flow⁻¹(z)  [N, C, H, W] in [-1, 1]
+    energy             x [N, C, H, W]                       -> f(x) [N]
+    energy_grad        x [N, C, H, W]                       -> (f(x) [N], ∇ₓ Σ f [N, C, H, W])
+    coopflow_sampler   z [N, C, H, W] (, noise [T, N, C, H, W]) -> x̃: T Langevin steps (eq. 3) from x̂,
+                                                               at the test step size, ∇ₓf inside the program
+
+Facts this relies on (PADDLE_NOTES §1-§3, §8.2):
+- A program with ``paddle.grad`` inside exports only when the *outer* layer has training=False,
+  so every wrapper is put in eval mode before tracing.
+- The Langevin step clones its input (langevin.py), because the PIR in-place pass would otherwise
+  overwrite the caller's tensor.
+- Paddle 3 writes ``<name>.json`` (PIR) + ``<name>.pdiparams``; older Paddle ``<name>.pdmodel``.
+  :func:`find_model_file` accepts both.
+- Running these programs in Paddle Inference needs ``config.disable_mkldnn()`` (or deleting
+  ``inplace_pass``): with oneDNN on, grad programs fail and the bisection inverse is silently wrong.
+
+The networks handed to :func:`export_all` are deep-copied, so a trainer's nets keep their mode,
+their ``stop_gradient`` flags and their dygraph behaviour (``to_static`` converts a layer in place).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import paddle
+import paddle.nn as nn
+from paddle.static import InputSpec
+
+from .errors import UserError
+from .langevin import langevin_step, noise_decay_factor
+from .version import __version__
+
+__all__ = ["PROGRAMS", "FlowGenerator", "Energy", "EnergyGrad", "CoopFlowSampler", "SamplerSettings",
+           "sampler_settings", "find_model_file", "export_layer", "export_all", "export_checkpoint",
+           "write_infer_cfg"]
+
+PROGRAMS = ("flow_generator", "energy", "energy_grad", "coopflow_sampler")
+MODEL_SUFFIXES = (".json", ".pdmodel")  # PIR (Paddle >= 3) first, then the old program format
+INFER_CFG = "infer_cfg.yml"
+
+
+# ------------------------------------------------------------------------------------ wrappers
+class FlowGenerator(nn.Layer):
+    """z [N, C, H, W] ~ N(0, I) → flow proposal x̂ = flow⁻¹(z) [N, C, H, W] in [-1, 1]."""
+
+    def __init__(self, flow: nn.Layer):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z: paddle.Tensor) -> paddle.Tensor:
+        return self.flow.inverse(z)
+
+
+class Energy(nn.Layer):
+    """x [N, C, H, W] → f(x) [N] (negative energy)."""
+
+    def __init__(self, ebm: nn.Layer):
+        super().__init__()
+        self.ebm = ebm
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.ebm(x)
+
+
+class EnergyGrad(nn.Layer):
+    """x [N, C, H, W] → (f(x) [N], ∇ₓ Σ_batch f(x) [N, C, H, W]); the input is never modified."""
+
+    def __init__(self, ebm: nn.Layer):
+        super().__init__()
+        self.ebm = ebm
+
+    def forward(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        # clone, not detach: under PIR the in-place pass would write into the feed (PADDLE_NOTES §8.2)
+        xg = x.clone()
+        xg.stop_gradient = False
+        with paddle.set_grad_enabled(True):
+            f = self.ebm(xg)
+            grad = paddle.grad([f.sum()], [xg])[0]
+        return f, grad
+
+
+class SamplerSettings:
+    """What the sampler bakes in: T, step size s, δ clip, image clip, and whether noise is an input.
+
+    Args:
+        n_steps: T.
+        step_size: s (the config's test step size).
+        delta_clip: δ, or None.
+        image_clip: (lo, hi), or None.
+        noise_std: σ a deployment should scale N(0, I) noise by; noise is an input iff σ > 0.
+    """
+
+    def __init__(self, n_steps: int, step_size: float, delta_clip: Optional[float],
+                 image_clip: Optional[Sequence[float]], noise_std: float = 0.0):
+        self.n_steps = int(n_steps)
+        self.step_size = float(step_size)
+        self.delta_clip = None if delta_clip is None else float(delta_clip)
+        self.image_clip = None if image_clip is None else (float(image_clip[0]), float(image_clip[1]))
+        self.noise_std = float(noise_std)
+
+    @property
+    def noise_input(self) -> bool:
+        return self.noise_std > 0.0
+
+    def to_dict(self) -> Dict:
+        return {"n_steps": self.n_steps, "step_size": self.step_size, "delta_clip": self.delta_clip,
+                "image_clip": list(self.image_clip) if self.image_clip else None,
+                "noise_input": self.noise_input, "noise_std": self.noise_std}
+
+
+def sampler_settings(cfg) -> SamplerSettings:
+    """Sampler settings from a Config: T = Langevin.n_steps at Langevin.test_step_size.
+
+    Noise follows Langevin.noise: 'none' → no noise input (the official sampler); 'constant' → σ =
+    noise_std; 'decay' → σ at the end of the run, noise_std·r(coop_epochs) of eq. (10) (0, hence no
+    noise input, once coop_epochs ≥ K).
+    """
+    lg = cfg.Langevin
+    if lg.noise == "constant":
+        std = lg.noise_std
+    elif lg.noise == "decay":
+        std = lg.noise_std * noise_decay_factor(cfg.Train.coop_epochs, lg.noise_decay_K)
+    else:
+        std = 0.0
+    return SamplerSettings(lg.n_steps, lg.test_step_size, lg.delta_clip, lg.image_clip, std)
+
+
+class CoopFlowSampler(nn.Layer):
+    """z [N, C, H, W] (, noise ε [T, N, C, H, W]) → x̃ [N, C, H, W]: the CoopFlow sample.
+
+    x̂ = flow⁻¹(z), then T steps of eq. (3) with :func:`~paddle_coopflow.langevin.langevin_step`, as
+    :func:`~paddle_coopflow.langevin.langevin_flow` does for generation (the tests check they agree).
+    With a noise input the program adds s·ε per step, so the deployment passes ε = σ·N(0, I)
+    (σ from infer_cfg.yml), or zeros to switch the noise off.
+    """
+
+    def __init__(self, flow: nn.Layer, ebm: nn.Layer, settings: SamplerSettings):
+        super().__init__()
+        self.flow = flow
+        self.ebm = ebm
+        self.s = settings
+
+    def forward(self, z: paddle.Tensor, noise: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        x = self.flow.inverse(z)
+        s = self.s
+        # langevin_flow's loop, step for step (it cannot be traced with a noise input: its shape check
+        # compares shapes that are tensors under to_static). T is a constant, so the loop is unrolled.
+        with paddle.set_grad_enabled(True):
+            for k in range(s.n_steps):
+                eps = None if noise is None else noise[k]
+                x, _, _ = langevin_step(self.ebm, x, s.step_size, s.delta_clip, s.image_clip, eps,
+                                        1.0 if noise is not None else 0.0)
+        return x
+
+
+# ------------------------------------------------------------------------------------ files
+def find_model_file(model_dir: str, name: str) -> Tuple[str, str]:
+    """(program file, params file) of program `name` in `model_dir`: ``.json`` (PIR) or ``.pdmodel``.
+
+    Raises:
+        FileNotFoundError: one line naming the files looked for.
+    """
+    params = os.path.join(model_dir, name + ".pdiparams")
+    for suf in MODEL_SUFFIXES:
+        path = os.path.join(model_dir, name + suf)
+        if os.path.isfile(path):
+            if not os.path.isfile(params):
+                raise FileNotFoundError(f"{path} has no parameter file {params}; re-export the model")
+            return path, params
+    tried = " or ".join(os.path.join(model_dir, name + s) for s in MODEL_SUFFIXES)
+    raise FileNotFoundError(f"no exported program '{name}' in {model_dir}: expected {tried} "
+                            f"(+ {name}.pdiparams); run tools/export_model.py first")
+
+
+@contextlib.contextmanager
+def _traceable_slogdet():
+    """Work around a Paddle 3.3.1 PIR bug while tracing: ``slogdet`` of an [n, n] matrix is *declared*
+    with shape [n, n] instead of [2] (the run-time value is right), so InvConv's ``slogdet(W)[1]`` is
+    traced as a row of n values and its log-det then fails to broadcast against ``sldj`` [N] at trace
+    time ("Broadcast dimension mismatch"). Flattening the output first makes ``[1]`` a scalar in the
+    program and picks log|det W| at run time. Remove once InvConv flattens (or uses det) itself.
+    """
+    original = paddle.linalg.slogdet
+
+    def slogdet(x, name=None):
+        out = original(x, name=name)
+        return out if paddle.in_dynamic_mode() else out.reshape([-1])
+
+    paddle.linalg.slogdet = slogdet
+    try:
+        yield
+    finally:
+        paddle.linalg.slogdet = original
+
+
+def export_layer(layer: nn.Layer, input_spec: List[InputSpec], path_prefix: str) -> Tuple[str, str]:
+    """Trace `layer` (switched to eval mode) with `input_spec` and save it; returns (model, params)."""
+    layer.eval()  # REQUIRED for programs with paddle.grad inside (PADDLE_NOTES §1)
+    with warnings.catch_warnings(), _traceable_slogdet():
+        # harmless, once per traced op that asks for .place (PADDLE_NOTES §1)
+        warnings.filterwarnings("ignore", message=".*place' interface for pir graph mode")
+        static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
+        paddle.jit.save(static, path_prefix)
+    return find_model_file(os.path.dirname(path_prefix) or ".", os.path.basename(path_prefix))
+
+
+def _frozen_copy(net: nn.Layer) -> nn.Layer:
+    """Deep copy in eval mode with every parameter frozen: the traced backward then needs ∇ₓ only."""
+    net = copy.deepcopy(net)
+    net.eval()
+    for p in net.parameters():
+        p.stop_gradient = True
+    return net
+
+
+def _image_shape(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer]) -> List[int]:
+    if flow is not None and hasattr(flow, "z_shape"):
+        return [int(v) for v in flow.z_shape]
+    if cfg.Flow.arch == "flowpp":
+        return [int(v) for v in cfg.Flow.in_shape]
+    raise UserError("export needs image models (Flow.arch: flowpp, EBM.arch: res or plain); the 2-D toy "
+                    "models are not exported")
+
+
+def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: str,
+               programs: Sequence[str] = PROGRAMS) -> Dict[str, str]:
+    """Export every program the nets allow into `out_dir` and write ``infer_cfg.yml``.
+
+    Args:
+        cfg: the resolved Config (image shape, Langevin settings, Export.with_sampler).
+        flow: trained FlowPlusPlus or None; deep-copied, never modified.
+        ebm: trained image EBM or None; deep-copied, never modified.
+        out_dir: created if needed; existing files of the same names are replaced.
+        programs: subset of PROGRAMS to export (the ones whose net is missing are skipped).
+
+    Returns:
+        {program name: model file path, ..., "infer_cfg": path of infer_cfg.yml}.
+    """
+    if cfg.Flow.arch != "flowpp" or cfg.EBM.arch == "mlp":
+        raise UserError("export supports image models only (Flow.arch: flowpp, EBM.arch: res or plain)")
+    unknown = [p for p in programs if p not in PROGRAMS]
+    if unknown:
+        raise UserError(f"unknown program(s) {unknown}; choose from {list(PROGRAMS)}")
+    c, h, w = _image_shape(cfg, flow, ebm)
+    settings = sampler_settings(cfg)
+    img = InputSpec([None, c, h, w], "float32", "x")
+    zspec = InputSpec([None, c, h, w], "float32", "z")
+    fl = _frozen_copy(flow) if flow is not None else None
+    eb = _frozen_copy(ebm) if ebm is not None else None
+
+    wanted = []
+    if fl is not None and "flow_generator" in programs:
+        wanted.append(("flow_generator", FlowGenerator(fl), [zspec], {"z": [-1, c, h, w]}))
+    if eb is not None and "energy" in programs:
+        wanted.append(("energy", Energy(eb), [img], {"x": [-1, c, h, w]}))
+    if eb is not None and "energy_grad" in programs:
+        wanted.append(("energy_grad", EnergyGrad(eb), [img], {"x": [-1, c, h, w]}))
+    if fl is not None and eb is not None and "coopflow_sampler" in programs and cfg.Export.with_sampler:
+        specs, inputs = [zspec], {"z": [-1, c, h, w]}
+        if settings.noise_input:
+            specs.append(InputSpec([settings.n_steps, None, c, h, w], "float32", "noise"))
+            inputs["noise"] = [settings.n_steps, -1, c, h, w]
+        wanted.append(("coopflow_sampler", CoopFlowSampler(fl, eb, settings), specs, inputs))
+    if not wanted:
+        raise UserError("nothing to export: the checkpoint/nets hold neither a flow nor an EBM for the "
+                        f"requested programs {list(programs)}")
+
+    os.makedirs(out_dir, exist_ok=True)
+    out: Dict[str, str] = {}
+    meta: Dict[str, Dict] = {}
+    for name, layer, spec, inputs in wanted:
+        model, params = export_layer(layer, spec, os.path.join(out_dir, name))
+        out[name] = model
+        meta[name] = {"model": os.path.basename(model), "params": os.path.basename(params), "inputs": inputs}
+    out["infer_cfg"] = write_infer_cfg(out_dir, cfg, [c, h, w], settings, meta)
+    return out
+
+
+def export_checkpoint(cfg, prefix: str, out_dir: Optional[str] = None,
+                      programs: Sequence[str] = PROGRAMS) -> Dict[str, str]:
+    """Load checkpoint `prefix` into nets built from `cfg` and export them (what tools/export_model.py runs).
+
+    Args:
+        cfg: Config describing the checkpoint's networks (a mismatch raises a one-line CheckpointError).
+        prefix: checkpoint prefix such as ``output/run/ckpt/best``; only ``<prefix>.pdparams`` is read.
+        out_dir: default Export.save_dir, else ``<Global.output_dir>/inference``.
+        programs: subset of PROGRAMS.
+
+    Returns:
+        As :func:`export_all`.
+    """
+    from .builder import load_trained
+
+    if cfg.Flow.arch != "flowpp" or cfg.EBM.arch == "mlp":
+        raise UserError("export supports image models only (Flow.arch: flowpp, EBM.arch: res or plain)")
+    flow, ebm = load_trained(cfg, prefix)
+    out_dir = out_dir or cfg.Export.save_dir or os.path.join(cfg.Global.output_dir, "inference")
+    return export_all(cfg, flow, ebm, out_dir, programs=programs)
+
+
+def write_infer_cfg(out_dir: str, cfg, image_shape: Sequence[int], settings: SamplerSettings,
+                    programs: Dict[str, Dict]) -> str:
+    """Write ``infer_cfg.yml``: everything deploy/python/infer.py needs, without the training package.
+
+    Only block mappings, scalars and inline lists of scalars are written (one item per line), so
+    the deployment's YAML-free fallback reader can parse it.
+    """
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+    doc = {
+        "model": "paddle_coopflow CoopFlow",
+        "package_version": __version__,
+        "paddle_version": paddle.__version__,
+        "exported_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "image_shape": [int(v) for v in image_shape],
+        "value_range": [-1.0, 1.0],
+        "langevin": settings.to_dict(),
+        "flow": {"inverse_method": cfg.Flow.inverse_method, "undo_bound": bool(cfg.Flow.undo_bound)},
+        # oneDNN breaks the grad programs and, with inplace_pass, silently breaks the bisection
+        "inference": {"disable_mkldnn": True},
+        "programs": programs,
+    }
+    path = os.path.join(out_dir, INFER_CFG)
+    with open(path, "w") as fh:
+        fh.write("# Written by paddle_coopflow.export; read by deploy/python/infer.py\n")
+        yaml.dump(doc, fh, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=10000)
+    return path
