@@ -100,6 +100,9 @@ class Trainer:
             dist.init_parallel_env()
         self.device = resolve_device(g.device)
         self.threads = setup_threads(g.threads, self.world_size) if self.device == "cpu" else 0
+        from . import langevin_fast
+
+        langevin_fast.set_mode(cfg.Langevin.fast)
         self.run_dir = g.output_dir
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
         self._check_run_dir(resume)
