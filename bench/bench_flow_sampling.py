@@ -5,6 +5,9 @@ spent inside the mixture-CDF inversions (the rest is the coupling networks, ActN
 With --truth (default) it also samples once with every mixture inverse solved in float64 (the
 "fast" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of each
 float32 coupling, and reports each method's max |image - truth| next to max |fast - bisection|.
+It also samples once with every "fast" coupling output moved by one float32 ulp (random
+direction): how far images move under the smallest possible change of the inverses, i.e. the
+float32 noise floor of this flow's sampler, below which no comparison of methods is meaningful.
 
 Defaults are the paper configuration (FlowPlusPlus() defaults, random init plus one data-init
 pass on random images, eval mode) with 28 samples: several minutes on 2 cores. On a shared
@@ -53,14 +56,22 @@ class _InverseTimer:
         self.inner = coupling_module.mixture_inv_cdf
         self.seconds = 0.0
         self.float64 = False
+        self.nudge = None  # a numpy Generator: move each output by one ulp in a random direction
 
     def __call__(self, y, logits, means, log_scales, method="bisection"):
+        import numpy as np
+        import paddle
+
         t = time.perf_counter()
         if self.float64:
             x = self.inner(*(a.astype("float64") for a in (y, logits, means, log_scales)), method="fast")
             x = x.astype(y.dtype)
         else:
             x = self.inner(y, logits, means, log_scales, method=method)
+        if self.nudge is not None:
+            v = x.numpy()
+            x = paddle.to_tensor(np.nextafter(v, np.where(self.nudge.random(v.shape) < 0.5, -np.inf, np.inf)
+                                              .astype(v.dtype)))
         x.numpy()  # count the work here, not in whatever op touches x next
         self.seconds += time.perf_counter() - t
         return x
@@ -124,14 +135,19 @@ def main(argv=None) -> dict:
             _set_method(flow, method)
             images[method], total, inner = _time_inverse(flow, z, timer, args.repeats)
             res["methods"][method] = {"end_to_end_s": total, "mixture_inverse_s": inner, "rest_s": total - inner}
-            print(f"{method:10s} end-to-end {total:8.2f} s | mixture inverse {inner:8.2f} s | rest {total - inner:8.2f} s",
-                  flush=True)
+            print(f"{method:10s} end-to-end {total:8.2f} s | mixture inverse {inner:8.2f} s | "
+                  f"rest {total - inner:8.2f} s", flush=True)
         if args.truth:
             timer.float64 = True
             t = time.perf_counter()
             truth = flow.inverse(z).numpy()
             res["truth_s"] = time.perf_counter() - t
             timer.float64 = False
+        if "fast" in images:
+            _set_method(flow, "fast")
+            timer.nudge = np.random.default_rng(args.seed)
+            nudged = flow.inverse(z).numpy()
+            timer.nudge = None
     res["load_avg_end"] = os.getloadavg()
 
     def diff(a, b):
@@ -152,6 +168,10 @@ def main(argv=None) -> dict:
             res[f"{method}_vs_truth"] = diff(img, truth)
             print(f"max |{method} - float64-inverse truth| = {res[f'{method}_vs_truth']['max']:.2e} "
                   f"(99.9th pct {res[f'{method}_vs_truth']['p99.9']:.1e})")
+    if "fast" in images:
+        res["one_ulp_sensitivity"] = diff(nudged, images["fast"])
+        print(f"noise floor: max |image change| when every coupling output moves by 1 ulp = "
+              f"{res['one_ulp_sensitivity']['max']:.2e} (99.9th pct {res['one_ulp_sensitivity']['p99.9']:.1e})")
     print(f"load average start {res['load_avg_start']}, end {res['load_avg_end']}; threads {threads}")
     if args.json:
         with open(args.json, "w") as f:
