@@ -70,7 +70,9 @@ class FlowConfig:
     use_attn: bool = _f(True)
     drop_prob: float = _f(0.2, min=0.0, max=1.0)
     undo_bound: bool = _f(False, help="undo the 0.9 logit bound when sampling ([T] keeps it: SPEC §1.9)")
-    inverse_method: str = _f("bisection", choices=("bisection", "fast"))
+    inverse_method: str = _f("fast", choices=("bisection", "fast"),
+                             help="mixture-CDF inverse: 'fast' (safeguarded Newton, ~50x faster, closer to the "
+                                  "exact inverse) or the reference 'bisection' ([T] constants) for parity")
     # 2-D toy flow (arch: flow2d)
     hidden: int = _f(64, min=1)
     num_layers: int = _f(8, min=1)
