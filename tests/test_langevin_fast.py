@@ -2,7 +2,9 @@
 
 The reference is a plain loop over `langevin.langevin_step` (the dygraph step, itself checked against
 closed forms in test_langevin.py), so these tests stay meaningful whatever langevin_flow dispatches to.
+Both program variants are forced in turn (strict: a failure raises instead of falling back).
 """
+import copy
 import inspect
 import logging
 
@@ -12,10 +14,11 @@ import pytest
 
 from paddle_coopflow import langevin_fast as lf
 from paddle_coopflow.langevin import langevin_flow, langevin_step
-from paddle_coopflow.models.ebm import EBMRes
+from paddle_coopflow.models.ebm import EBMMLP, EBMPlain, EBMRes
 
 T = 30
 TOL = 1e-5
+CLIPS = (2.0, 0.02, (-1.0, 1.0))   # s, δ, image clip: about half the drift is clipped at this init
 
 
 def _dygraph_flow(ebm, x, n, s, delta, clip, noise=None, std=0.0):
@@ -24,14 +27,18 @@ def _dygraph_flow(ebm, x, n, s, delta, clip, noise=None, std=0.0):
     return x
 
 
-def _fast_flow(step, ebm, x, n, s, delta, clip, noise=None, std=0.0):
+def _fast_flow(fast, x, n, s, delta, clip, noise=None, std=0.0):
     for k in range(n):
-        x, _, _ = step(ebm, x, s, delta, clip, None if noise is None else noise[k], std)
+        x, _, _ = fast.step(x, s, delta, clip, None if noise is None else noise[k], std)
     return x
 
 
 def _maxdiff(a, b):
     return float(np.abs(a.numpy().astype(np.float64) - b.numpy()).max())
+
+
+def _x(n, seed, size=8):
+    return paddle.to_tensor(np.random.RandomState(seed).uniform(-1, 1, (n, 3, size, size)).astype("float32"))
 
 
 @pytest.fixture(autouse=True)
@@ -48,14 +55,26 @@ def ebm():
     return EBMRes(3, 8, 8)   # 8 px: stem + one block + head
 
 
-def _x(n, seed):
-    return paddle.to_tensor(np.random.RandomState(seed).uniform(-1, 1, (n, 3, 8, 8)).astype("float32"))
+@pytest.mark.parametrize("size", [8, 16])
+def test_manual_gradient_equals_autograd_in_float64(size):
+    paddle.seed(5)
+    net = EBMRes(3, 4, size)
+    net.to(dtype="float64")
+    x = paddle.to_tensor(np.random.RandomState(0).uniform(-1, 1, (2, 3, size, size)))
+    x.stop_gradient = False
+    f_ref = net(x)
+    (g_ref,) = paddle.grad([f_ref.sum()], [x])
+    f, g = lf.res_energy_and_grad(net, x)
+    np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-10, atol=1e-14)
+    assert lf.supports_manual(net) and not lf.supports_manual(EBMPlain(3, 4))
+    assert not lf.supports_manual(EBMMLP(2, 8, 1))
 
 
-def test_equals_dygraph_with_weight_update_and_bookkeeping(ebm):
+@pytest.mark.parametrize("variant", ["manual", "autograd"])
+def test_equals_dygraph_with_weight_update_and_bookkeeping(ebm, variant):
     """Clips active; an Adam step in dygraph between two calls must be seen by the program."""
-    step = lf.make_langevin_step(ebm)
-    s, delta, clip = 2.0, 0.02, (-1.0, 1.0)
+    fast = lf.FastLangevin(ebm, strict=True, variant=variant)
     x = _x(3, 0)
     x_copy = x.numpy().copy()
     opt = paddle.optimizer.Adam(1e-2, parameters=ebm.parameters())
@@ -64,97 +83,120 @@ def test_equals_dygraph_with_weight_update_and_bookkeeping(ebm):
     flags = [p.stop_gradient for p in ebm.parameters()]
     global_flags = paddle.get_flags(list(lf.CPU_FLAGS))
 
-    a = _fast_flow(step, ebm, x, T, s, delta, clip)
-    b = _dygraph_flow(ebm, x, T, s, delta, clip)
+    a = _fast_flow(fast, x, T, *CLIPS)
+    b = _dygraph_flow(ebm, x, T, *CLIPS)
     assert _maxdiff(a, b) <= TOL
     # the clips really bind, and the chain really moves
-    _, _, drift = langevin_step(ebm, x, s, delta, clip)
-    assert float((drift.abs() > delta).astype("float32").mean()) > 0.2
+    _, _, drift = langevin_step(ebm, x, *CLIPS)
+    assert float((drift.abs() > CLIPS[1]).astype("float32").mean()) > 0.2
     assert float((a.abs() == 1.0).astype("float32").mean()) > 0.01
     assert _maxdiff(a, x) > 0.1
-    # bookkeeping: input untouched, flags restored, grads untouched, one program compiled
+    # bookkeeping: input untouched, flags restored, grads untouched, the requested program in use
     np.testing.assert_array_equal(x.numpy(), x_copy)
     assert [p.stop_gradient for p in ebm.parameters()] == flags
     assert paddle.get_flags(list(lf.CPU_FLAGS)) == global_flags   # only set around the static call
     for p, g in zip(ebm.parameters(), grads):
         np.testing.assert_array_equal(p.grad.numpy(), g)
-    assert step.fast.n_compiled == 1 and step.fast.n_fallback_steps == 0
+    assert list(fast.chosen().values()) == [variant] and fast.n_compiled == 1 and fast.n_fallback_steps == 0
 
     opt.step()                                   # weights change in dygraph
     opt.clear_grad()
-    a2 = _fast_flow(step, ebm, x, T, s, delta, clip)
-    b2 = _dygraph_flow(ebm, x, T, s, delta, clip)
+    a2 = _fast_flow(fast, x, T, *CLIPS)
+    b2 = _dygraph_flow(ebm, x, T, *CLIPS)
     assert _maxdiff(a2, b2) <= TOL
     assert _maxdiff(a2, a) > 1e-3                # the update did change the chain
-    assert step.fast.n_compiled == 1             # same program, new weights
+    assert fast.n_compiled == 1                  # same program, new weights
 
 
-def test_no_clips_given_noise_no_grad_and_dynamic_batch(ebm):
-    step = lf.make_langevin_step(ebm)
+@pytest.mark.parametrize("variant", ["manual", "autograd"])
+def test_no_clips_given_noise_no_grad_and_dynamic_batch(ebm, variant):
+    fast = lf.FastLangevin(ebm, strict=True, variant=variant)
     s, std = 0.3, 0.5
     for n in (3, 5):                             # second batch size: same program
         x = _x(n, n)
         noise = paddle.to_tensor(np.random.RandomState(10 + n).randn(T, n, 3, 8, 8).astype("float32"))
         with paddle.no_grad():
-            a = _fast_flow(step, ebm, x, T, s, None, None, noise, std)
+            a = _fast_flow(fast, x, T, s, None, None, noise, std)
         b = _dygraph_flow(ebm, x, T, s, None, None, noise, std)
         assert _maxdiff(a, b) <= TOL
         assert float(a.abs().max()) > 1.0        # no image clip: values leave [-1, 1]
-    n_programs = step.fast.n_compiled
-    assert n_programs >= 1 and step.fast.n_fallback_steps == 0
+    assert fast.n_compiled == 1 and fast.n_fallback_steps == 0
     # drawn noise: the same seed gives the same chain on both paths
     x = _x(3, 1)
     paddle.seed(7)
-    a = _fast_flow(step, ebm, x, 5, s, None, None, None, std)
+    a = _fast_flow(fast, x, 5, s, None, None, None, std)
     paddle.seed(7)
     b = _dygraph_flow(ebm, x, 5, s, None, None, None, std)
-    assert _maxdiff(a, b) <= TOL
-    assert step.fast.n_compiled == n_programs
+    assert _maxdiff(a, b) <= TOL and fast.n_compiled == 1
 
 
 def test_eval_mode_ebm_gets_its_own_program(ebm):
-    step = lf.make_langevin_step(ebm)
-    before = step.fast.n_compiled
+    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    x = _x(3, 2)
+    fast.step(x, *CLIPS)
     ebm.eval()
     try:
-        x = _x(3, 2)
-        a = _fast_flow(step, ebm, x, 5, 2.0, 0.02, (-1.0, 1.0))
+        a = _fast_flow(fast, x, 5, *CLIPS)
         assert not ebm.training                  # the wrapper's training flag never leaks into the EBM
-        assert _maxdiff(a, _dygraph_flow(ebm, x, 5, 2.0, 0.02, (-1.0, 1.0))) <= TOL
+        assert _maxdiff(a, _dygraph_flow(ebm, x, 5, *CLIPS)) <= TOL
     finally:
         ebm.train()
-    assert step.fast.n_compiled == before + 1
-    step(ebm, x, 2.0, 0.02, (-1.0, 1.0))
-    assert ebm.training and step.fast.n_compiled == before + 1
+    assert fast.n_compiled == 2
 
 
 def test_returns_f_and_drift_like_the_dygraph_step(ebm):
-    step = lf.make_langevin_step(ebm)
+    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
     x = _x(3, 4)
-    got = step(ebm, x, 2.0, 0.02, (-1.0, 1.0))
-    ref = langevin_step(ebm, x, 2.0, 0.02, (-1.0, 1.0))
+    fast.step(x, *CLIPS)                          # first call: build (returns the dygraph result)
+    got = fast.step(x, *CLIPS)
+    ref = langevin_step(ebm, x, *CLIPS)
     np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[2].numpy(), ref[2].numpy(), rtol=1e-5, atol=1e-6)
     assert all(t.stop_gradient for t in got)
 
 
+def test_auto_keeps_the_fastest_measured(ebm, monkeypatch):
+    times = {"manual": 0.3, "autograd": 0.2, "dygraph": 0.5}
+    monkeypatch.setattr(lf.FastLangevin, "_time", lambda self, prog, x, shift: times[self._last])
+    monkeypatch.setattr(lf.FastLangevin, "_time_dygraph", lambda self, args: times["dygraph"])
+    real_compile = lf.FastLangevin._compile
+
+    def compile_and_note(self, key, variant):
+        self._last = variant
+        return real_compile(self, key, variant)
+
+    monkeypatch.setattr(lf.FastLangevin, "_compile", compile_and_note)
+    fast = lf.FastLangevin(ebm)
+    x = _x(2, 3)
+    fast.step(x, *CLIPS)
+    assert list(fast.chosen().values()) == ["autograd"]
+    assert set(fast.timings[next(iter(fast.timings))]) == {"manual", "autograd", "dygraph"}
+    times.update(dygraph=0.1)                     # dygraph fastest: no static program is used...
+    fast = lf.FastLangevin(ebm)
+    fast.step(x, *CLIPS)
+    out = fast.step(x, *CLIPS)[0]
+    assert list(fast.chosen().values()) == ["dygraph"] and fast.n_fallback_steps == 2
+    assert _maxdiff(out, langevin_step(ebm, x, *CLIPS)[0]) == 0.0
+    strict = lf.FastLangevin(ebm, strict=True)    # ...unless forced ('on')
+    strict.step(x, *CLIPS)
+    assert list(strict.chosen().values()) == ["autograd"]
+
+
 def test_fallback_when_compile_fails(ebm, monkeypatch, caplog):
     monkeypatch.setattr(lf, "_logged", set())
-    monkeypatch.setattr(lf.FastLangevin, "_compile", lambda self, key: 1 / 0)
+    monkeypatch.setattr(lf.FastLangevin, "_compile", lambda self, key, variant: 1 / 0)
     fast = lf.FastLangevin(ebm)
     x = _x(3, 5)
     with caplog.at_level(logging.WARNING, logger="paddle_coopflow.langevin_fast"):
         out = x
         for _ in range(4):
-            out = fast.step(out, 2.0, 0.02, (-1.0, 1.0))[0]
-    assert _maxdiff(out, _dygraph_flow(ebm, x, 4, 2.0, 0.02, (-1.0, 1.0))) == 0.0
+            out = fast.step(out, *CLIPS)[0]
+    assert _maxdiff(out, _dygraph_flow(ebm, x, 4, *CLIPS)) == 0.0
     assert fast.n_fallback_steps == 4 and fast.n_compiled == 0
-    lines = [r for r in caplog.records if "dygraph" in r.getMessage()]
-    assert len(lines) == 1 and "ZeroDivisionError" in lines[0].getMessage()
-    # forced on: the failure is an error that names the switch
-    strict = lf.FastLangevin(ebm, strict=True)
-    with pytest.raises(RuntimeError, match="Langevin.fast"):
-        strict.step(x, 2.0, 0.02, (-1.0, 1.0))
+    lines = [r.getMessage() for r in caplog.records if "dygraph" in r.getMessage()]
+    assert len(lines) == 2 and all("ZeroDivisionError" in m for m in lines)   # one per variant tried
+    with pytest.raises(RuntimeError, match="Langevin.fast"):     # forced on: an error naming the switch
+        lf.FastLangevin(ebm, strict=True).step(x, *CLIPS)
 
 
 def test_wrong_numbers_on_first_run_fall_back(ebm, monkeypatch):
@@ -166,22 +208,24 @@ def test_wrong_numbers_on_first_run_fall_back(ebm, monkeypatch):
 
     monkeypatch.setattr(lf, "_logged", set())
     monkeypatch.setattr(lf.FastLangevin, "_run", bad_run)
-    fast = lf.FastLangevin(ebm)
+    fast = lf.FastLangevin(ebm, variant="manual")
     x = _x(3, 6)
-    out = fast.step(x, 2.0, 0.02, (-1.0, 1.0))[0]
-    assert _maxdiff(out, langevin_step(ebm, x, 2.0, 0.02, (-1.0, 1.0))[0]) == 0.0
-    assert fast.n_compiled == 0 and fast.n_fallback_steps == 1
+    for _ in range(2):
+        out = fast.step(x, *CLIPS)[0]
+        assert _maxdiff(out, langevin_step(ebm, x, *CLIPS)[0]) == 0.0
+    assert fast.n_compiled == 0 and fast.n_fallback_steps == 2
 
 
 def test_modes_and_dispatch_rules(ebm):
     with pytest.raises(ValueError, match="Langevin.fast"):
         lf.set_mode("fast")
+    with pytest.raises(ValueError, match="variant"):
+        lf.FastLangevin(ebm, variant="fast")
     assert lf.enabled("off") is False and lf.enabled("on") is True
     assert lf.enabled("auto") == lf.available()
     assert lf.available() == (paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
     step = lf.make_langevin_step(ebm)
     assert lf.make_langevin_step(ebm).fast is step.fast          # cached on the EBM
-    import copy
     assert lf.make_langevin_step(copy.deepcopy(ebm)).fast is not step.fast
     # the differentiable chain goes to the dygraph step
     x = _x(2, 7)
@@ -191,11 +235,37 @@ def test_modes_and_dispatch_rules(ebm):
     assert gx is not None and not y.stop_gradient
 
 
+def test_inside_a_to_static_trace_the_dygraph_step_is_traced(ebm):
+    """The exported sampler calls langevin_flow inside to_static: no nested static step there."""
+    step = lf.make_langevin_step(ebm)
+    seen = []
+
+    class Sampler(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.ebm = ebm
+
+        def forward(self, x):
+            seen.append(lf.enabled("on"))
+            for _ in range(3):
+                x = step(self.ebm, x, *CLIPS)[0]
+            return x
+
+    layer = Sampler()
+    layer.training = False
+    static = paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 3, 8, 8], "float32")],
+                                  full_graph=True)
+    ref = _dygraph_flow(ebm, _x(3, 11), 3, *CLIPS)
+    out = static(_x(3, 11))   # a fresh input: the traced dygraph step is not ours to guard
+    assert seen == [False] and step.fast.n_compiled == 0
+    assert _maxdiff(out, ref) <= TOL
+
+
 @pytest.mark.skipif("fast" not in inspect.signature(langevin_flow).parameters,
                     reason="langevin_flow has no `fast` switch yet")
 def test_langevin_flow_dispatch(ebm):
     x = _x(3, 8)
-    a, st = langevin_flow(ebm, x, T, 2.0, 0.02, (-1.0, 1.0), fast=True, return_stats=True)
-    b, sb = langevin_flow(ebm, x, T, 2.0, 0.02, (-1.0, 1.0), fast=False, return_stats=True)
+    a, st = langevin_flow(ebm, x, T, *CLIPS, fast=True, return_stats=True)
+    b, sb = langevin_flow(ebm, x, T, *CLIPS, fast=False, return_stats=True)
     assert _maxdiff(a, b) <= TOL
     assert abs(st["delta_clip_frac"] - sb["delta_clip_frac"]) < 1e-3 and st["delta_clip_frac"] > 0
