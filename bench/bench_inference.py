@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))
+sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))  # infer.py, the deployment script
 
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
 from paddle_coopflow.config import load_config  # noqa: E402
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
     p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,flow",
                    help="comma list of: dygraph, fast (flow + langevin_fast static oneDNN step), "
-                        "dygraph_flow, sampler, flow")
+                        "dygraph_flow, sampler, flow, flow_onednn (flow_generator with oneDNN, inplace_pass off)")
     p.add_argument("--out_dir", default="", help="keep the exported programs here (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -59,15 +59,94 @@ def _median_time(fn, repeats: int, warmup=None) -> float:
     return statistics.median(times)
 
 
+def _onednn_predictor(model_dir: str, name: str, threads: int):
+    """oneDNN ON with inplace_pass deleted: measured correct for flow_generator only (grad programs fail
+    under oneDNN; oneDNN + inplace_pass corrupts the mixture inverse). For speed comparison only."""
+    import paddle.inference as pi
+
+    import infer
+
+    model, params = infer.find_model_file(model_dir, name)
+    cfg = pi.Config(model, params)
+    cfg.disable_glog_info()
+    cfg.enable_mkldnn()
+    cfg.delete_pass("inplace_pass")
+    cfg.set_cpu_math_library_num_threads(threads)
+    return pi.create_predictor(cfg)
+
+
+class _Reporter:
+    def __init__(self, batch: int, res: dict):
+        self.batch, self.res = batch, res
+
+    def __call__(self, key: str, seconds: float) -> None:
+        self.res[key + "_s"] = seconds
+        self.res[key + "_img_per_s"] = self.batch / seconds
+        print(f"{key:28s} {seconds:9.3f} s/batch  {self.batch / seconds:9.2f} img/s", flush=True)
+
+
+def _bench_dygraph(parts, flow, ebm, lg, z, zw, repeats: int, report) -> None:
+    from paddle_coopflow.langevin import langevin_flow
+
+    clip = tuple(lg.image_clip) if lg.image_clip else None
+    if "dygraph" in parts:
+        def dygraph_sample(z0):
+            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip,
+                                 fast=False).numpy()
+
+        report("dygraph_coopflow", _median_time(lambda: dygraph_sample(z), repeats, lambda: dygraph_sample(zw)))
+    if "fast" in parts:  # the in-process static Langevin step with oneDNN (paddle_coopflow.langevin_fast)
+        def fast_sample(z0):
+            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip,
+                                 fast=True).numpy()
+
+        report("dygraph_flow+fast_langevin", _median_time(lambda: fast_sample(z), repeats, lambda: fast_sample(zw)))
+    if "dygraph_flow" in parts:
+        report("dygraph_flow", _median_time(lambda: flow.inverse(z).numpy(), repeats, lambda: flow.inverse(zw).numpy()))
+
+
+def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, report) -> None:
+    import numpy as np
+
+    import infer  # deploy/python/infer.py: the deployment's own predictor settings
+    from paddle_coopflow.export import export_all
+
+    programs = [p for p, want in (("coopflow_sampler", "sampler"), ("flow_generator", "flow")) if want in parts]
+    if "flow_onednn" in parts and "flow_generator" not in programs:
+        programs.append("flow_generator")
+    if not programs:
+        return
+    out_dir = args.out_dir or tempfile.mkdtemp(prefix="coopflow_export_")
+    t0 = time.perf_counter()
+    export_all(cfg, flow, ebm, out_dir, programs=programs)
+    report.res["export_s"] = time.perf_counter() - t0
+    print(f"{'export':28s} {report.res['export_s']:9.3f} s ({', '.join(programs)} -> {out_dir})", flush=True)
+    runs = [(p, p, False) for p in programs]
+    if "flow_onednn" in parts:
+        runs.append(("flow_generator", "flow_generator_onednn_no_inplace", True))
+    T = cfg.Langevin.n_steps
+    for prog, key, onednn in runs:
+        t0 = time.perf_counter()
+        pred = _onednn_predictor(out_dir, prog, threads) if onednn else \
+            infer.create_predictor(out_dir, prog, "cpu", threads)
+        report.res[key + "_create_s"] = time.perf_counter() - t0
+        noise = prog == "coopflow_sampler" and len(pred.get_input_names()) > 1
+
+        def feeds(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
+            return [z0] + ([np.zeros((T, *z0.shape), np.float32)] if noise else [])
+
+        report("inference_" + key, _median_time(lambda: infer.run_predictor(pred, feeds(z_np)), args.repeats,
+                                                 lambda: infer.run_predictor(pred, feeds(zw_np))))
+    if not args.out_dir:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import paddle
 
-    import infer  # deploy/python/infer.py: the deployment's own predictor settings
     from paddle_coopflow.builder import build_ebm, build_flow
-    from paddle_coopflow.export import export_all
-    from paddle_coopflow.langevin import langevin_flow
 
     cfg = load_config(args.config, args.override)
     threads = setup_threads(args.threads)
@@ -79,63 +158,16 @@ def main(argv=None) -> int:
     flow.eval()
     ebm.eval()
     lg = cfg.Langevin
-    clip = tuple(lg.image_clip) if lg.image_clip else None
     z_np = np.random.RandomState(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
     zw_np = z_np[: args.warmup_batch] if args.warmup_batch else z_np
-    z, zw = paddle.to_tensor(z_np), paddle.to_tensor(zw_np)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     res = {"config": args.config, "batch": args.batch, "n_steps": lg.n_steps, "threads": threads,
            "image_shape": [c, h, w], "inverse_method": cfg.Flow.inverse_method, "paddle": paddle.__version__}
     print(f"config {args.config}: batch {args.batch}, T={lg.n_steps}, image {c}x{h}x{w}, threads {threads}, "
           f"inverse {cfg.Flow.inverse_method}", flush=True)
-
-    def report(key: str, seconds: float) -> None:
-        res[key + "_s"] = seconds
-        res[key + "_img_per_s"] = args.batch / seconds
-        print(f"{key:28s} {seconds:9.3f} s/batch  {args.batch / seconds:9.2f} img/s", flush=True)
-
-    if "dygraph" in parts:
-        def dygraph_sample(z0):
-            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip).numpy()
-
-        report("dygraph_coopflow", _median_time(lambda: dygraph_sample(z), args.repeats, lambda: dygraph_sample(zw)))
-    if "fast" in parts:  # in-process static Langevin step with oneDNN (paddle_coopflow.langevin_fast)
-        from paddle_coopflow.langevin_fast import make_langevin_step
-
-        step = make_langevin_step(ebm, strict=True)
-
-        def fast_sample(z0):
-            x = flow.inverse(z0)
-            for _ in range(lg.n_steps):
-                x = step(ebm, x, lg.test_step_size, lg.delta_clip, clip)[0]
-            return x.numpy()
-
-        report("dygraph_flow+fast_langevin", _median_time(lambda: fast_sample(z), args.repeats,
-                                                          lambda: fast_sample(zw)))
-    if "dygraph_flow" in parts:
-        report("dygraph_flow", _median_time(lambda: flow.inverse(z).numpy(), args.repeats,
-                                            lambda: flow.inverse(zw).numpy()))
-
-    if "sampler" in parts or "flow" in parts:
-        out_dir = args.out_dir or tempfile.mkdtemp(prefix="coopflow_export_")
-        t0 = time.perf_counter()
-        programs = [p for p, want in (("coopflow_sampler", "sampler"), ("flow_generator", "flow")) if want in parts]
-        export_all(cfg, flow, ebm, out_dir, programs=programs)
-        res["export_s"] = time.perf_counter() - t0
-        print(f"{'export':28s} {res['export_s']:9.3f} s ({', '.join(programs)} -> {out_dir})", flush=True)
-        for prog in programs:
-            t0 = time.perf_counter()
-            pred = infer.create_predictor(out_dir, prog, "cpu", threads)
-            res[prog + "_create_s"] = time.perf_counter() - t0
-            noise = prog == "coopflow_sampler" and len(pred.get_input_names()) > 1
-
-            def feeds(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
-                return [z0] + ([np.zeros((lg.n_steps, *z0.shape), np.float32)] if noise else [])
-
-            report("inference_" + prog, _median_time(lambda: infer.run_predictor(pred, feeds(z_np)), args.repeats,
-                                                     lambda: infer.run_predictor(pred, feeds(zw_np))))
-        if not args.out_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
+    report = _Reporter(args.batch, res)
+    _bench_dygraph(parts, flow, ebm, lg, paddle.to_tensor(z_np), paddle.to_tensor(zw_np), args.repeats, report)
+    _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads, report)
     print(json.dumps(res))
     return 0
 

@@ -15,7 +15,7 @@ from conftest import ROOT
 
 TINY = [
     "Data.name=digits", "Data.root=", "Data.image_size=8", "Data.channels=1",
-    "Flow.in_shape=[1,8,8]", "Flow.scales=[[0,2],[2,1]]", "Flow.mid_channels=8", "Flow.num_blocks=1",
+    "Flow.in_shape=[1,8,8]", "Flow.scales=[[0,1],[1,1]]", "Flow.mid_channels=8", "Flow.num_blocks=1",
     "Flow.num_components=3", "Flow.num_dequant_blocks=0", "Flow.use_attn=true", "Flow.drop_prob=0.0",
     "EBM.in_channels=1", "EBM.base_channels=8", "EBM.img_size=8",
     "Langevin.n_steps=3", "Langevin.test_step_size=0.5",
@@ -76,7 +76,7 @@ def _reference(name, cfg, flow, ebm, inp):
         return [f.numpy(), paddle.grad([f.sum()], [x])[0].numpy()]
     lg = cfg.Langevin
     return [langevin_flow(ebm, flow.inverse(x), lg.n_steps, lg.test_step_size, lg.delta_clip,
-                          tuple(lg.image_clip)).numpy()]
+                          tuple(lg.image_clip), fast=False).numpy()]
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -117,6 +117,21 @@ def test_energy_grad_against_finite_differences(exported):
     np.testing.assert_allclose(f, e64(paddle.to_tensor(x.astype(np.float64))).numpy(), atol=1e-5)
 
 
+def test_flow_generator_bisection_inverse(tmp_path):
+    """The reference bisection inverse (a while loop in the program) exports too; the default 'fast'
+    Newton inverse is covered above."""
+    from paddle_coopflow.export import export_all
+
+    cfg = load_config(None, TINY + ["Flow.inverse_method=bisection"])
+    flow, ebm = _nets(cfg, seed=2)
+    export_all(cfg, flow, None, str(tmp_path), programs=("flow_generator",))
+    for batch in (1, 7):
+        z = np.random.RandomState(batch).standard_normal((batch, *SHAPE)).astype(np.float32)
+        got = _run(str(tmp_path), "flow_generator", z)[0]
+        err = float(np.abs(got - flow.inverse(paddle.to_tensor(z)).numpy()).max())
+        assert err <= TOL["flow_generator"], f"batch {batch}: {err:.3g}"
+
+
 def test_sampler_with_noise_input(tmp_path):
     """Langevin.noise on → the sampler takes ε [T, N, C, H, W] and adds s·ε per step, as dygraph does."""
     from paddle_coopflow.export import export_all
@@ -135,9 +150,9 @@ def test_sampler_with_noise_input(tmp_path):
     lg = cfg.Langevin
     x0 = flow.inverse(paddle.to_tensor(z))
     want = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip), noise_std=1.0,
-                         noise=paddle.to_tensor(eps)).numpy()
+                         noise=paddle.to_tensor(eps), fast=False).numpy()
     assert np.abs(got - want).max() <= 1e-4
-    quiet = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip)).numpy()
+    quiet = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip), fast=False).numpy()
     assert np.abs(got - quiet).max() > 1e-2  # the noise input is used
     assert set(paths) == {"coopflow_sampler", "infer_cfg"}
 
