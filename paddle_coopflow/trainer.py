@@ -522,13 +522,20 @@ class Trainer:
             self.log.info(f"best {self.best['metric']} = {self.best['value']:.4f}: {prefix} -> best")
 
     def _export(self) -> None:
+        """Deployable programs of the final nets (``inference/``) and of ``best`` (``inference_best/``)."""
         ex = self.cfg.Export
         if not ex.on_train_end or self.rank != 0 or self.ebm is None or self.flow is None:
             return
-        try:
-            from .export import export_all
-        except ImportError:
-            return
+        from .export import export_all, export_checkpoint
+
         out = ex.save_dir or os.path.join(self.run_dir, "inference")
-        export_all(self.cfg, self.flow, self.ebm, out)
-        self.log.info(f"exported inference programs to {out}")
+        try:
+            export_all(self.cfg, self.flow, self.ebm, out)
+            self.log.info(f"exported inference programs to {out} (deploy/python/infer.py --model_dir {out})")
+            best = os.path.join(self.ckpt_dir, "best")
+            if ckpt.checkpoint_exists(best):
+                export_checkpoint(self.cfg, best, out.rstrip("/") + "_best")
+                self.log.info(f"exported the best checkpoint to {out.rstrip('/')}_best")
+        except Exception as err:  # the checkpoints are safe; export can be redone with tools/export_model.py
+            self.log.info(f"export failed ({type(err).__name__}: {err}); run tools/export_model.py -c ... "
+                          f"--ckpt {os.path.join(self.ckpt_dir, 'latest')} after fixing it")
