@@ -200,7 +200,7 @@ def test_short_run_improves_pi(tmp_path):
             "-o", "Langevin.n_steps=25", "-o", "Langevin.step_size=0.1", "-o", "Optimizer.warmup_iters=20",
             "-o", "Flow.hidden=16", "-o", "Flow.num_layers=4", "-o", "EBM.hidden=128", "-o", "EBM.depth=3",
             "-o", "Langevin.noise=constant", "-o", "Langevin.noise_std=1.0", "-o", "Optimizer.flow_lr=1e-3",
-            "-o", "Optimizer.ebm_lr=1e-3",
+            "-o", "Optimizer.ebm_lr=1e-3", "-o", "Langevin.delta_clip=null",
             "-o", "Data.num_points=2000", "-o", "Eval.num_samples=500", "-o", "Toy.metric_points=500",
             "-o", "Toy.heldout_points=500", "-o", "Toy.eval_every=300", "-o", "Toy.grid_resolution=40"]
     tool = _tool()

@@ -58,6 +58,13 @@ def prepare_run_dir(cfg: Config) -> str:
     return out
 
 
+def schedule(cfg: Config, n_train: int):
+    """(batch size, iterations per epoch, total iterations): Train.max_iters, else coop_epochs epochs."""
+    b = min(cfg.Train.batch_size, n_train)
+    per_epoch = n_train // b
+    return b, per_epoch, cfg.Train.max_iters or cfg.Train.coop_epochs * per_epoch
+
+
 def build_coopflow(cfg: Config, n_train: int):
     """Flow2D + MLP EBM + their Adam bundles + the Algorithm-1 stepper, from the config."""
     from paddle_coopflow.builder import build_ebm, build_flow
@@ -66,7 +73,7 @@ def build_coopflow(cfg: Config, n_train: int):
 
     o, t, lg = cfg.Optimizer, cfg.Train, cfg.Langevin
     flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
-    b = min(t.batch_size, n_train)
+    b = schedule(cfg, n_train)[0]
     fopt = build_flow_optimizer(flow, o.flow_lr, o.flow_gain_l2, betas=(o.flow_beta1, o.flow_beta2),
                                 warmup_iters=o.warmup_iters, batch_size=b,
                                 warmup_first_step_zero=o.warmup_first_step_zero)
@@ -180,81 +187,97 @@ def _log_stats(it: int, iters: int, epoch: int, epochs: int, st: dict, t_iter: f
 
 def train(cfg: Config, out: str, logger) -> dict:
     """Train, evaluate, plot, save. Returns the metrics dict written to metrics.json."""
-    import paddle
-
     from paddle_coopflow.data import DatasetError
     from paddle_coopflow.data.toy2d import toy_train_heldout
 
-    seed = cfg.Global.seed
     try:
         train_pts, heldout = toy_train_heldout(cfg.Data.name, cfg.Data.root, cfg.Data.num_points, cfg.Data.noise,
-                                               cfg.Toy.heldout_points, seed)
+                                               cfg.Toy.heldout_points, cfg.Global.seed)
     except DatasetError as err:
         raise UserError(str(err)) from None
     coop = build_coopflow(cfg, len(train_pts))
-    b = min(cfg.Train.batch_size, len(train_pts))
-    per_epoch = len(train_pts) // b
-    iters = cfg.Train.max_iters or cfg.Train.coop_epochs * per_epoch
+    t0 = time.time()
+    history, last_epoch = train_loop(coop, train_pts, heldout, cfg, logger)
+    train_time = time.time() - t0
+    res = finish(coop, train_pts, heldout, cfg, out, history, last_epoch)
+    res.update(train_seconds=train_time, total_seconds=time.time() - t0)
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    logger.record(res["iterations"], {"eval/flow": res["flow"], "eval/coopflow": res["coopflow"]})
+    sw = res["all_metrics"]["swd"]
+    logger.info(f"[final] {res['metric']} vs held-out: flow (q_α) {res['flow']:.5g}  coopflow (π) "
+                f"{res['coopflow']:.5g}  data-vs-data reference {res['data_reference']:.5g} | swd flow "
+                f"{sw['flow']:.4g} coopflow {sw['coopflow']:.4g} data {sw['data_reference']:.4g} | q_α mass on "
+                f"grid {res['q_mass_on_grid']:.3f}  train {train_time:.0f}s total {res['total_seconds']:.0f}s")
+    return res
+
+
+def train_loop(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, logger):
+    """Algorithm-1 iterations over shuffled minibatches. Returns (metric history, last epoch)."""
+    import paddle
+
+    seed, ev_every = cfg.Global.seed, cfg.Toy.eval_every
+    b, per_epoch, iters = schedule(cfg, len(train_pts))
     epochs = math.ceil(iters / per_epoch)
     logger.info(f"data {cfg.Data.name}: {len(train_pts)} training / {len(heldout)} held-out points; "
                 f"{iters} iterations of batch {b} ({per_epoch} per epoch); T={cfg.Langevin.n_steps} "
                 f"s={cfg.Langevin.step_size} noise={cfg.Langevin.noise}")
-    rng = np.random.default_rng([seed, 7])
-    history, bad_run, t0 = [], 0, time.time()
-    ev_every = cfg.Toy.eval_every
     n_ev = min(cfg.Toy.metric_points, cfg.Eval.num_samples)
-    if ev_every:
-        m0, _, _ = evaluate(coop, heldout, cfg, 0, n_ev, seed)
-        history.append(dict(iter=0, **m0))
-        logger.info(f"[eval] iter 0 {cfg.Toy.metric} flow {m0['flow']:.5g} coopflow {m0['coopflow']:.5g}")
+    history, bad_run, t0, epoch = [], 0, time.time(), 0
+    rng = np.random.default_rng([seed, 7])
     perm, pos = rng.permutation(len(train_pts)), 0
-    for it in range(1, iters + 1):
-        if pos + b > len(perm):
-            perm, pos = rng.permutation(len(train_pts)), 0
-        x = paddle.to_tensor(train_pts[perm[pos:pos + b]])
-        pos += b
-        epoch = (it - 1) // per_epoch
-        t_it = time.time()
-        st = coop.train_step(x, epoch, (it - 1) % per_epoch)
-        bad_run = bad_run + 1 if st["nonfinite"] else 0
-        if bad_run >= cfg.Global.max_consecutive_nonfinite:
-            raise UserError(f"{bad_run} non-finite steps in a row at iteration {it}; lower the learning rates "
-                            f"or Langevin.step_size")
-        if it % cfg.Global.log_interval == 0 or it == iters:
-            el = time.time() - t0
-            logger.info(_log_stats(it, iters, epoch, epochs, st, time.time() - t_it, el / it * (iters - it)))
-            logger.record(it, {f"train/{k}": v for k, v in st.items() if isinstance(v, float)})
-        if ev_every and it % ev_every == 0 and it != iters:
+    for it in range(0, iters + 1):
+        if ev_every and (it % ev_every == 0) and it != iters:
             m, _, _ = evaluate(coop, heldout, cfg, epoch, n_ev, seed)
             history.append(dict(iter=it, **m))
             logger.info(f"[eval] iter {it} {cfg.Toy.metric} flow {m['flow']:.5g} coopflow {m['coopflow']:.5g}")
             logger.record(it, {"eval/flow": m["flow"], "eval/coopflow": m["coopflow"]})
-    train_time = time.time() - t0
+        if it == iters:
+            break
+        if pos + b > len(perm):
+            perm, pos = rng.permutation(len(train_pts)), 0
+        x = paddle.to_tensor(train_pts[perm[pos:pos + b]])
+        pos += b
+        epoch = it // per_epoch
+        t_it = time.time()
+        st = coop.train_step(x, epoch, it % per_epoch)
+        bad_run = bad_run + 1 if st["nonfinite"] else 0
+        if bad_run >= cfg.Global.max_consecutive_nonfinite:
+            raise UserError(f"{bad_run} non-finite steps in a row at iteration {it + 1}; lower the learning "
+                            f"rates or Langevin.step_size")
+        if (it + 1) % cfg.Global.log_interval == 0 or it + 1 == iters:
+            eta = (time.time() - t0) / (it + 1) * (iters - it - 1)
+            logger.info(_log_stats(it + 1, iters, epoch, epochs, st, time.time() - t_it, eta))
+            logger.record(it + 1, {f"train/{k}": v for k, v in st.items() if isinstance(v, float)})
+    return history, epoch
 
-    final, xf, xc = evaluate(coop, heldout, cfg, (iters - 1) // per_epoch, cfg.Eval.num_samples, seed)
+
+def finish(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, out: str, history: list,
+           epoch: int) -> dict:
+    """Final samples, metrics (both kinds), densities, figure, samples.npz and weights."""
+    import paddle
+
     from paddle_coopflow.metrics.sample_distance import sample_distance
 
-    ref = sample_distance(cfg.Toy.metric, train_pts, heldout, cfg.Toy.mmd_bandwidths, cfg.Toy.metric_points, seed)
-    if ev_every:
+    seed = cfg.Global.seed
+    final, xf, xc = evaluate(coop, heldout, cfg, epoch, cfg.Eval.num_samples, seed)
+    iters = schedule(cfg, len(train_pts))[2]
+    if cfg.Toy.eval_every:
         history.append(dict(iter=iters, **final))
+    kw = dict(bandwidths=cfg.Toy.mmd_bandwidths, max_points=cfg.Toy.metric_points, seed=seed)
+    both = {m: {"flow": sample_distance(m, xf, heldout, **kw), "coopflow": sample_distance(m, xc, heldout, **kw),
+                "data_reference": sample_distance(m, train_pts, heldout, **kw)} for m in ("mmd", "swd")}
     q, p, q_mass = density_grids(coop, cfg)
     plot_figure(os.path.join(out, "figure.png"), heldout, q, p, xf, xc, cfg, final)
     np.savez(os.path.join(out, "samples.npz"), flow=xf.astype(np.float32), coopflow=xc.astype(np.float32),
              heldout=heldout)
     paddle.save(coop.flow.state_dict(), os.path.join(out, "flow.pdparams"))
     paddle.save(coop.ebm.state_dict(), os.path.join(out, "ebm.pdparams"))
-    res = {"metric": cfg.Toy.metric, "flow": final["flow"], "coopflow": final["coopflow"],
-           "data_reference": ref, "iterations": iters, "n_steps": cfg.Langevin.n_steps,
-           "num_samples": cfg.Eval.num_samples, "metric_points": cfg.Toy.metric_points,
-           "q_mass_on_grid": q_mass, "train_seconds": train_time, "total_seconds": time.time() - t0,
-           "history": history}
-    with open(os.path.join(out, "metrics.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
-    logger.record(iters, {"eval/flow": final["flow"], "eval/coopflow": final["coopflow"]})
-    logger.info(f"[final] {cfg.Toy.metric} vs held-out: flow (q_α) {final['flow']:.5g}  coopflow (π) "
-                f"{final['coopflow']:.5g}  data-vs-data reference {ref:.5g}  q_α mass on grid {q_mass:.3f}  "
-                f"train {train_time:.0f}s total {res['total_seconds']:.0f}s")
-    return res
+    return {"metric": cfg.Toy.metric, "flow": final["flow"], "coopflow": final["coopflow"],
+            "data_reference": both[cfg.Toy.metric]["data_reference"], "iterations": iters,
+            "n_steps": cfg.Langevin.n_steps, "num_samples": cfg.Eval.num_samples,
+            "metric_points": cfg.Toy.metric_points, "all_metrics": both, "q_mass_on_grid": q_mass,
+            "history": history}
 
 
 def main(argv=None) -> int:
