@@ -178,9 +178,10 @@ def generate(model_dir: str, num: int, batch_size: int, seed: int, device: str =
     info = read_infer_cfg(model_dir)
     _check_version(info)
     name = "flow_generator" if flow_only else "coopflow_sampler"
-    if name not in (info.get("programs") or {}):
-        raise DeployError(f"{model_dir} has no '{name}' program (exported: {sorted(info.get('programs') or {})})"
-                          + ("; use --flow_only" if not flow_only else ""))
+    programs = info.get("programs") or {}
+    if name not in programs:
+        hint = "; use --flow_only" if "flow_generator" in programs else "; export it with tools/export_model.py"
+        raise DeployError(f"{model_dir} has no '{name}' program (exported: {sorted(programs)}){hint}")
     pred = create_predictor(model_dir, name, device, threads)
     c, h, w = [int(v) for v in info["image_shape"]]
     lg = info.get("langevin") or {}
