@@ -10,9 +10,9 @@ Two program variants, because which one is fastest depends on the CPU (docs/spee
 - 'autograd': ∇ₓf by `paddle.grad` inside the program; works for any EBM.
 - 'manual' (EBMRes only): ∇ₓf written out with forward ops only (a 3×3 conv's input gradient is a
   3×3 conv with the transposed, flipped kernel; avg-pool's is a 2× repeat / 4). On CPUs where oneDNN
-  picks NHWC brgemm kernels for forward convs and blocked kernels for backward ones (e.g. Intel
-  Sapphire Rapids), the autograd program multiplies tensors of mixed layouts and oneDNN falls back to
-  its slow reference kernels; the manual program avoids this (2x faster there).
+  picks NHWC brgemm kernels for forward convs and blocked kernels for backward ones (the Intel Xeon
+  with AMX this was measured on), the autograd program multiplies tensors of mixed layouts and oneDNN
+  falls back to its slow reference kernels; the manual program avoids this (1.8x faster there).
 In mode 'auto' the first call of each program key times the candidates and the dygraph step and keeps
 the fastest (one log line); the dygraph step stays a candidate, so the fast path is never slower.
 
@@ -52,8 +52,8 @@ _logged = set()                # messages already logged (each one once per proc
 _log = logging.getLogger("paddle_coopflow.langevin_fast")
 _CACHE_ATTR = "_coopflow_fast_langevin"
 
-# Read when a program's executor is built (its first run): oneDNN kernels, and op scheduling on the
-# calling thread so that oneDNN's OpenMP team is not started from executor worker threads.
+# Read when a program's executor is built (its first run). serial_run is kept from the PADDLE_NOTES
+# recipe; it made no measurable difference on the machine of docs/speed.md.
 CPU_FLAGS = {"FLAGS_use_onednn": True, "FLAGS_new_executor_serial_run": True}
 VERIFY_ATOL = 1e-4   # first-run check of x_next (image units) against the dygraph step
 
