@@ -294,6 +294,11 @@ def main(argv=None) -> int:
     from paddle_coopflow.utils.env import resolve_device, seed_everything, setup_threads
 
     out = prepare_run_dir(cfg)
+    from paddle_coopflow import langevin_fast
+
+    # The static oneDNN Langevin step segfaults with the MLP EBM (matmul_grad, Paddle 3.3.1), and a
+    # segfault cannot fall back: the toy always runs the dygraph step.
+    langevin_fast.set_mode("off")
     threads = setup_threads(cfg.Global.threads)
     device = resolve_device(cfg.Global.device)
     seed_everything(cfg.Global.seed)
@@ -303,6 +308,9 @@ def main(argv=None) -> int:
     try:
         logger.info(f"toy2d: config {args.config} -> {out} (device {device}, {threads} threads, "
                     f"load average {os.getloadavg()[0]:.2f})")
+        if cfg.Langevin.fast != "off":
+            logger.info(f"Langevin.fast={cfg.Langevin.fast} ignored: the 2-D tool uses the dygraph step "
+                        f"(the static step crashes with the MLP EBM)")
         train(cfg, out, logger)
     finally:
         logger.close()
