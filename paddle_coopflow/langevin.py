@@ -115,7 +115,9 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
         x.stop_gradient = False
 
     step_fn = langevin_step
-    if not differentiable and paddle.in_dynamic_mode():
+    # The static step is for image EBMs ([N, C, H, W]); oneDNN static programs of small MLP energies
+    # (2-D data) gain nothing and were seen to crash the process after other static programs ran.
+    if not differentiable and paddle.in_dynamic_mode() and len(x.shape) == 4:
         from . import langevin_fast
 
         if langevin_fast.enabled() if fast is None else fast:

@@ -9,3 +9,14 @@ if ROOT not in sys.path:
 import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _reset_process_state():
+    """Tools and the Trainer set process-wide modes (fast Langevin); no test may leak them into the next."""
+    yield
+    from paddle_coopflow import langevin_fast
+
+    langevin_fast.set_mode("off")
