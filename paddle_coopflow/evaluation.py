@@ -34,7 +34,8 @@ __all__ = ["load_for_eval", "load_eval_images", "iter_samples", "generate_sample
 def load_for_eval(config: Optional[str], overrides, prefix: str):
     """(cfg, flow or None, ebm or None) for a tool: config from -c, else the one stored in the checkpoint.
 
-    Also sets the device, the CPU threads (Global.threads) and the seeds (Global.seed).
+    Also sets the device, the CPU threads (Global.threads), the fast-Langevin mode (Langevin.fast) and the
+    seeds (Global.seed).
     """
     from .builder import load_trained
     from .checkpoint import load_checkpoint
@@ -58,6 +59,9 @@ def load_for_eval(config: Optional[str], overrides, prefix: str):
     device = resolve_device(cfg.Global.device)
     if device == "cpu":
         setup_threads(cfg.Global.threads)
+    from . import langevin_fast
+
+    langevin_fast.set_mode(cfg.Langevin.fast)  # static-graph Langevin step where faster (as the Trainer)
     seed_everything(cfg.Global.seed)
     flow, ebm = load_trained(cfg, prefix)
     return cfg, flow, ebm
@@ -285,12 +289,14 @@ def recon_loss(ebm, x_hat, target, n_steps: int, step_size: float, mask=None):
 
 
 def _descend(ebm, x_hat, target, steps: int, lr: float, decay: float, n_steps: int, step_size: float,
-             mask=None, on_step: Optional[Callable] = None):
+             mask=None, on_step: Optional[Callable] = None, progress: bool = False):
     """x̂ ← clip(x̂ − lr·decayʲ·∇L, −1, 1) for j < steps, then one more Langevin pass. Returns (x̂*, F(x̂*))."""
     import paddle
 
+    from tqdm import tqdm
+
     x = x_hat.detach()
-    for j in range(steps):
+    for j in tqdm(range(steps), unit="step", desc="gradient steps", leave=False, disable=not progress):
         x.stop_gradient = False
         loss, xk = recon_loss(ebm, x, target, n_steps, step_size, mask)
         g = paddle.grad([loss], [x])[0]
@@ -321,7 +327,8 @@ def _init_x_hat(flow, n: int, shape, init: str, rs: np.random.RandomState):
 
 
 def reconstruct(flow, ebm, x: np.ndarray, steps: int = 200, lr: float = 0.05, decay: float = 1.0,
-                n_steps: int = 30, step_size: float = 0.03, init: str = "flow", seed: int = 0) -> Dict:
+                n_steps: int = 30, step_size: float = 0.03, init: str = "flow", seed: int = 0,
+                progress: bool = False) -> Dict:
     """Reconstruction by gradient descent on the initial state x̂ ([P] §5.3, A.8, Table 7).
 
     min_x̂ ‖x − F(x̂)‖² through the differentiable Langevin flow (T = n_steps, s = step_size, no clips,
@@ -341,7 +348,8 @@ def reconstruct(flow, ebm, x: np.ndarray, steps: int = 200, lr: float = 0.05, de
     curve = []
     with _eval_mode(flow, ebm):
         x_hat, xk = _descend(ebm, x0, target, steps, lr, decay, n_steps, step_size,
-                             on_step=lambda j, xk: curve.append(float(mse_per_pixel(xk, x).mean())))
+                             on_step=lambda j, xk: curve.append(float(mse_per_pixel(xk, x).mean())),
+                             progress=progress)
     xk = xk.numpy()
     return {"x_hat": x_hat.numpy(), "x_rec": xk, "curve": np.array(curve), "errors": mse_per_pixel(xk, x)}
 
@@ -366,7 +374,7 @@ def default_mask(h: int, w: int, rect: Optional[Tuple[int, int, int, int]] = Non
 
 def inpaint(flow, ebm, x: np.ndarray, mask: np.ndarray, n_init: int = 20, steps: int = 201, lr: float = 0.03,
             decay: float = 0.99, n_steps: int = 30, step_size: float = 0.03, seed: int = 30,
-            snapshot: Callable[[int], bool] = lambda j: j < 10 or j % 20 == 0) -> Dict:
+            snapshot: Callable[[int], bool] = lambda j: j < 10 or j % 20 == 0, progress: bool = False) -> Dict:
     """Inpainting ([P] §5.3, Figures 5 and 11; [T] test_impaint): reconstruction with the loss on observed
     pixels only, L = Σ M ⊙ (x − F(x̂))², from n_init flow proposals per image (201 steps, lr 0.03, ×0.99).
 
@@ -391,7 +399,8 @@ def inpaint(flow, ebm, x: np.ndarray, mask: np.ndarray, n_init: int = 20, steps:
             snaps[j] = xk.numpy()
 
     with _eval_mode(flow, ebm):
-        _, xk = _descend(ebm, x0, paddle.to_tensor(xr * mask), steps, lr, decay, n_steps, step_size, m, keep)
+        _, xk = _descend(ebm, x0, paddle.to_tensor(xr * mask), steps, lr, decay, n_steps, step_size, m, keep,
+                         progress)
     final = xk.numpy()
     obs = np.asarray(mask) > 0.5
     return {"snapshots": snaps, "final": final, "pasted": np.where(obs, xr, final),
@@ -444,7 +453,7 @@ def interpolate_latents(flow, ebm, z0, z1, n_points: int = 21, n_steps: int = 30
 
 def interpolate(flow, ebm, x_a: np.ndarray, x_b: np.ndarray, n_points: int = 21, steps: int = 201,
                 lr: float = 0.03, decay: float = 0.99, n_steps: int = 30, step_size: float = 0.03,
-                deterministic: bool = False, seed: int = 12) -> Dict:
+                deterministic: bool = False, seed: int = 12, progress: bool = False) -> Dict:
     """Interpolation between two images ([P] §5.3, Figure 6; [T] test_interp).
 
     Reconstruct both ends (x̂* by :func:`reconstruct`, 201 steps, lr 0.03, ×0.99), infer z = g⁻¹(x̂*), then
@@ -454,7 +463,7 @@ def interpolate(flow, ebm, x_a: np.ndarray, x_b: np.ndarray, n_points: int = 21,
         dict: x_hat_a, x_hat_b [N, C, H, W]; z_a, z_b; decoded, revised [N, P, C, H, W].
     """
     both = np.concatenate([x_a, x_b]).astype(np.float32)
-    rec = reconstruct(flow, ebm, both, steps, lr, decay, n_steps, step_size, "flow", seed)
+    rec = reconstruct(flow, ebm, both, steps, lr, decay, n_steps, step_size, "flow", seed, progress)
     z = infer_latent(flow, rec["x_hat"], deterministic, seed).numpy()
     n = len(x_a)
     dec, rev = interpolate_latents(flow, ebm, z[:n], z[n:], n_points, n_steps, step_size)

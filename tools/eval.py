@@ -27,21 +27,36 @@ from paddle_coopflow.errors import UserError
 RANDOM_LABEL = "RANDOM-INIT Inception (NOT an FID: pipeline check / timing only)"
 
 
+def clock():
+    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the stable number."""
+    return (time.time(), time.process_time())
+
+
+def since(t0, t1=None):
+    t1 = t1 or clock()
+    return (t1[0] - t0[0], t1[1] - t0[1])
+
+
+def fmt(t) -> str:
+    return f"{t[0]:.1f} s wall / {t[1]:.1f} s CPU"
+
+
 class Timed:
-    """Wrap an iterator; count the seconds spent producing its items (sample generation)."""
+    """Wrap an iterator; count the (wall, CPU) seconds spent producing its items (sample generation)."""
 
     def __init__(self, it):
-        self.it, self.seconds = iter(it), 0.0
+        self.it, self.seconds = iter(it), (0.0, 0.0)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        t = time.time()
+        t = clock()
         try:
             return next(self.it)
         finally:
-            self.seconds += time.time() - t
+            d = since(t)
+            self.seconds = (self.seconds[0] + d[0], self.seconds[1] + d[1])
 
 
 def _is_checkpoint(src: str) -> bool:
@@ -69,7 +84,7 @@ def _config(args, ckpt=None):
 
 
 def source_stats(src: str, args, evaluator_fn):
-    """(mu, sigma, description, image count or None, seconds generating)."""
+    """(mu, sigma, description, image count or None, (wall, CPU) seconds generating)."""
     from paddle_coopflow.data import DatasetError, load_images
     from paddle_coopflow.metrics.fid import load_image_array, list_image_files, stats_from_source
 
@@ -83,7 +98,7 @@ def source_stats(src: str, args, evaluator_fn):
             raise UserError(str(err)) from None
         mu, sigma = evaluator_fn().stats(images)
         return mu, sigma, f"dataset {cfg.Data.name} split '{split}', first {len(images)} images, unflipped", \
-            len(images), 0.0
+            len(images), (0.0, 0.0)
     if _is_checkpoint(src):
         from paddle_coopflow.evaluation import iter_samples, load_for_eval
 
@@ -103,7 +118,7 @@ def source_stats(src: str, args, evaluator_fn):
         raise UserError(f"FID source '{src}' does not exist (folder, .npz/.npy, checkpoint prefix or data[:split])")
     if _is_stats_file(src):
         mu, sigma = stats_from_source(src)
-        return mu, sigma, f"statistics file {src} ({len(mu)}-d)", None, 0.0
+        return mu, sigma, f"statistics file {src} ({len(mu)}-d)", None, (0.0, 0.0)
     if os.path.isdir(src):
         count = len(list_image_files(src)) if args.num_images is None else args.num_images
         desc = f"image folder {src} ({count} images)"
@@ -112,7 +127,7 @@ def source_stats(src: str, args, evaluator_fn):
         count = len(x) if args.num_images is None else args.num_images
         desc = f"image array {src} ({count} images, {x.dtype}, shape {list(x.shape[1:])})"
     mu, sigma = stats_from_source(src, evaluator_fn(), args.num_images)
-    return mu, sigma, desc, count, 0.0
+    return mu, sigma, desc, count, (0.0, 0.0)
 
 
 def main(argv=None):
@@ -140,8 +155,9 @@ def main(argv=None):
     from paddle_coopflow.metrics.fid import FIDEvaluator, frechet_distance, save_stats
     from paddle_coopflow.utils.env import setup_threads
 
-    setup_threads(0)
-    eval_cfg = load_config(args.config, args.override).Eval if args.config else None
+    cfg0 = load_config(args.config, args.override) if args.config else None
+    setup_threads(cfg0.Global.threads if cfg0 else 0)
+    eval_cfg = cfg0.Eval if cfg0 else None
     weights = args.weights if args.weights is not None else (eval_cfg.inception_weights if eval_cfg else "")
     batch = args.batch_size or (eval_cfg.fid_batch_size if eval_cfg else 50)
     random_init = args.random_init_inception and not weights
@@ -163,26 +179,28 @@ def main(argv=None):
     print(f"FID protocol: pool3 2048-d features of {net}; images bilinearly resized to 299x299 "
           "(align_corners=False), 1 channel repeated to 3; float64 mean/covariance (N-1); "
           "Frechet distance as pytorch-fid")
-    results, t_feat, n_feat = [], 0.0, 0
+    results, t_feat, n_feat = [], (0.0, 0.0), 0
     for tag, src in zip("AB", args.sources):
-        t0 = time.time()
+        t0 = clock()
         mu, sigma, desc, count, t_gen = source_stats(src, args, evaluator_fn)
-        dt = time.time() - t0 - t_gen
+        dt = since(t0)
+        dt = (dt[0] - t_gen[0], dt[1] - t_gen[1])
         if count and "ev" in box:
-            t_feat, n_feat = t_feat + dt, n_feat + count
-        gen = f", generation {t_gen:.1f} s ({count / t_gen:.2f} img/s)" if t_gen > 0 else ""
-        print(f"  {tag}: {desc}  [features {dt:.1f} s{gen}]")
+            t_feat, n_feat = (t_feat[0] + dt[0], t_feat[1] + dt[1]), n_feat + count
+        gen = f"; generation {fmt(t_gen)}, {count / t_gen[0]:.2f} img/s" if t_gen[0] > 0 else ""
+        print(f"  {tag}: {desc}  [features {fmt(dt)}{gen}]")
         results.append((mu, sigma))
     if args.save_stats:
         save_stats(args.save_stats, *results[0])
         print(f"saved statistics of {args.sources[0]} to {args.save_stats}")
     if n_feat:
-        print(f"time: Inception features {t_feat:.1f} s for {n_feat} images = {1000 * t_feat / n_feat:.1f} s "
-              f"per 1,000 images (batch {batch})")
+        per = (1000 * t_feat[0] / n_feat, 1000 * t_feat[1] / n_feat)
+        print(f"time: Inception features {fmt(t_feat)} for {n_feat} images = {fmt(per)} per 1,000 images "
+              f"(batch {batch})")
     if len(results) == 2:
-        t0 = time.time()
+        t0 = clock()
         fid = frechet_distance(*results[0], *results[1])
-        print(f"time: Frechet distance {time.time() - t0:.1f} s (sqrtm of a {len(results[0][0])}-d matrix)")
+        print(f"time: Frechet distance {fmt(since(t0))} (sqrtm of a {len(results[0][0])}-d matrix)")
         label = f"pseudo-FID with {RANDOM_LABEL}" if random_init else "FID"
         print(f"{label}: {fid:.6g}")
     return 0

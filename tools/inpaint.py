@@ -76,6 +76,7 @@ def main(argv=None):
     parser.add_argument("--langevin-step-size", type=float, default=None, help="s (default Langevin.step_size)")
     parser.add_argument("--seed", type=int, default=30, help="[T] test_impaint: 30")
     parser.add_argument("--snapshot-every", type=int, default=20, help="grid every k steps (plus j < 10)")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.n_init < 1 or args.steps < 0 or args.batch_size < 1 or args.snapshot_every < 1:
         raise UserError("--n-init, --batch-size and --snapshot-every must be >= 1 and --steps >= 0")
@@ -102,9 +103,9 @@ def main(argv=None):
     keep = lambda j: j < 10 or j % args.snapshot_every == 0  # noqa: E731
     results = []
     t0 = time.time()
-    for i in tqdm(range(0, args.num, args.batch_size), unit="batch", desc="inpaint"):
+    for i in tqdm(range(0, args.num, args.batch_size), unit="batch", desc="inpaint", disable=args.no_progress):
         results.append(inpaint(flow, ebm, x[i:i + args.batch_size], mask, args.n_init, args.steps, args.lr,
-                               args.decay, T, s, args.seed + i, keep))
+                               args.decay, T, s, args.seed + i, keep, progress=not args.no_progress))
     dt = time.time() - t0
     cat = {k: np.concatenate([r[k] for r in results]) for k in ("final", "pasted", "x_masked", "err_observed",
                                                                "err_masked")}

@@ -41,6 +41,7 @@ def main(argv=None):
     parser.add_argument("--langevin-steps", type=int, default=None, help="T (default Langevin.n_steps)")
     parser.add_argument("--langevin-step-size", type=float, default=None, help="s (default Langevin.step_size)")
     parser.add_argument("--seed", type=int, default=12, help="[T] test_interp: 12")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.points < 2 or args.steps < 0 or args.random_pairs < 0:
         raise UserError("--pairs >= 1, --points >= 2, --steps >= 0 and --random-pairs >= 0 are required")
@@ -61,7 +62,7 @@ def main(argv=None):
     print(f"interpolation: {args.pairs} pairs of {cfg.Data.name}/{args.split}, {args.points} points, dequantization "
           f"{dq}, T={T} s={s}, reconstruction {args.steps} steps lr {args.lr} decay {args.decay}")
     r = interpolate(flow, ebm, xa, xb, args.points, args.steps, args.lr, args.decay, T, s,
-                    args.deterministic_dequant, args.seed)
+                    args.deterministic_dequant, args.seed, progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     row = args.points + 2
 

@@ -86,6 +86,7 @@ def main(argv=None):
                         help="Table 7 baseline: Langevin flow alone (EBM-only checkpoint), U(-1,1) init, T=100")
     parser.add_argument("--seed", type=int, default=0, help="[T] test_recons: 0")
     parser.add_argument("--triples", type=int, default=27, help="(x̂*, F(x̂*), x) triples in the grid")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.steps < 0 or args.batch_size < 1:
         raise UserError("--steps must be >= 0 and --batch-size >= 1")
@@ -114,9 +115,10 @@ def main(argv=None):
 
     parts, curve_sum = [], np.zeros(args.steps + 1)
     t0 = time.time()
-    for i in tqdm(range(0, args.num, args.batch_size), unit="batch", desc="reconstruct"):
+    for i in tqdm(range(0, args.num, args.batch_size), unit="batch", desc="reconstruct", disable=args.no_progress):
         xb = x[i:i + args.batch_size]
-        r = reconstruct(flow, ebm, xb, args.steps, args.lr, args.decay, T, s, init, args.seed + i)
+        r = reconstruct(flow, ebm, xb, args.steps, args.lr, args.decay, T, s, init, args.seed + i,
+                        progress=not args.no_progress)
         parts.append(r)
         curve_sum += r["curve"] * len(xb)
     dt = time.time() - t0
