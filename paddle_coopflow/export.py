@@ -8,6 +8,13 @@ drawn inside a graph), plus an ``infer_cfg.yml`` that describes them::
     energy_grad        x [N, C, H, W]                       -> (f(x) [N], ∇ₓ Σ f [N, C, H, W])
     coopflow_sampler   z [N, C, H, W] (, noise [T, N, C, H, W]) -> x̃: T Langevin steps (eq. 3) from x̂,
                                                                at the test step size, ∇ₓf inside the program
+    langevin_step      x [N, C, H, W] (, shift [N, C, H, W])  -> (x_next [N, C, H, W], f(x) [N]): ONE step of
+                                                               eq. (3), grad-free (EBMRes only, see below)
+
+``langevin_step`` computes ∇ₓf of an EBMRes with forward ops only
+(:func:`~paddle_coopflow.langevin_fast.res_energy_and_grad`), so, unlike the programs with gradient ops,
+it runs in Paddle Inference with oneDNN on; a deployment loops it T times in Python (a ``while`` op
+segfaults under oneDNN) after ``flow_generator``. ``infer_cfg.yml`` marks it ``onednn: true``.
 
 Facts this relies on (PADDLE_NOTES §1-§3, §8.2):
 - A program with ``paddle.grad`` inside exports only when the *outer* layer has training=False,
@@ -16,7 +23,7 @@ Facts this relies on (PADDLE_NOTES §1-§3, §8.2):
   overwrite the caller's tensor.
 - Paddle 3 writes ``<name>.json`` (PIR) + ``<name>.pdiparams``; older Paddle ``<name>.pdmodel``.
   :func:`find_model_file` accepts both.
-- Running these programs in Paddle Inference needs ``config.disable_mkldnn()`` (or deleting
+- Running the first four programs in Paddle Inference needs ``config.disable_mkldnn()`` (or deleting
   ``inplace_pass``): with oneDNN on, grad programs fail and the bisection inverse is silently wrong.
 
 The networks handed to :func:`export_all` are deep-copied, so a trainer's nets keep their mode,
@@ -37,13 +44,17 @@ from paddle.static import InputSpec
 
 from .errors import UserError
 from .langevin import langevin_step, noise_decay_factor
+from .langevin_fast import _StepProgram, supports_manual
 from .version import __version__
 
-__all__ = ["PROGRAMS", "FlowGenerator", "Energy", "EnergyGrad", "CoopFlowSampler", "SamplerSettings",
-           "sampler_settings", "find_model_file", "export_layer", "export_all", "export_checkpoint",
+__all__ = ["PROGRAMS", "ONEDNN_SAFE", "FlowGenerator", "Energy", "EnergyGrad", "CoopFlowSampler",
+           "LangevinStepProgram", "SamplerSettings", "sampler_settings", "find_model_file", "export_layer", "export_all", "export_checkpoint",
            "write_infer_cfg"]
 
-PROGRAMS = ("flow_generator", "energy", "energy_grad", "coopflow_sampler")
+PROGRAMS = ("flow_generator", "energy", "energy_grad", "coopflow_sampler", "langevin_step")
+# Programs measured (and tested) correct in Paddle Inference with oneDNN on: no gradient ops, no while
+# op, no bisection. The others need disable_mkldnn() (see the module docstring).
+ONEDNN_SAFE = ("langevin_step",)
 MODEL_SUFFIXES = (".json", ".pdmodel")  # PIR (Paddle >= 3) first, then the old program format
 INFER_CFG = "infer_cfg.yml"
 
@@ -174,6 +185,34 @@ class CoopFlowSampler(nn.Layer):
                              0.0 if eps is None else 1.0)[0]
 
 
+class LangevinStepProgram(nn.Layer):
+    """x [N, C, H, W] (, shift [N, C, H, W]) → (x_next [N, C, H, W], f(x) [N]): one grad-free step of eq. (3).
+
+    The step of :class:`CoopFlowSampler` (test step size, δ clip, image clip baked in), built from
+    ``langevin_fast._StepProgram`` in its 'manual' variant: ∇ₓf of the EBMRes is written with forward ops
+    only, so the program holds no gradient op and Paddle Inference can run it with oneDNN. ``shift`` is the
+    noise term s·ε with ε = σ·N(0, I) (present iff the sampler has a noise input); the program adds it
+    before the image clip, as the sampler does. Looping it T times from flow⁻¹(z) gives the sampler's
+    output (the tests check this).
+
+    Args:
+        ebm: an EBMRes for which ``langevin_fast.supports_manual`` holds (frozen, eval mode).
+        settings: the sampler's settings.
+    """
+
+    def __init__(self, ebm: nn.Layer, settings: SamplerSettings):
+        super().__init__()
+        if not supports_manual(ebm):
+            raise UserError(f"langevin_step needs an EBMRes with 3x3 'same' convs; {type(ebm).__name__} "
+                            "has no grad-free step (export coopflow_sampler instead)")
+        self.step = _StepProgram(ebm, settings.step_size, settings.delta_clip, settings.image_clip,
+                                 settings.noise_input, "manual")
+
+    def forward(self, x: paddle.Tensor, shift: Optional[paddle.Tensor] = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        x_next, f, _ = self.step(x, shift)  # x_next ends in a clip, which oneDNN needs (langevin_fast)
+        return x_next, f
+
+
 # ------------------------------------------------------------------------------------ files
 def find_model_file(model_dir: str, name: str) -> Tuple[str, str]:
     """(program file, params file) of program `name` in `model_dir`: ``.json`` (PIR) or ``.pdmodel``.
@@ -252,7 +291,8 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
         flow: trained FlowPlusPlus or None; deep-copied, never modified.
         ebm: trained image EBM or None; deep-copied, never modified.
         out_dir: created if needed; existing files of the same names are replaced.
-        programs: subset of PROGRAMS to export (the ones whose net is missing are skipped).
+        programs: subset of PROGRAMS to export (the ones whose net is missing are skipped, and
+            langevin_step for an EBM without a grad-free step).
 
     Returns:
         {program name: model file path, ..., "infer_cfg": path of infer_cfg.yml}.
@@ -282,6 +322,13 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
             specs.append(InputSpec([settings.n_steps, None, c, h, w], "float32", "noise"))
             inputs["noise"] = [settings.n_steps, -1, c, h, w]
         wanted.append(("coopflow_sampler", CoopFlowSampler(fl, eb, settings), specs, inputs))
+    # The grad-free step exists for EBMRes only; for other EBMs it is skipped (deployments use the sampler).
+    if eb is not None and "langevin_step" in programs and cfg.Export.with_sampler and supports_manual(eb):
+        specs, inputs = [img], {"x": [-1, c, h, w]}
+        if settings.noise_input:
+            specs.append(InputSpec([None, c, h, w], "float32", "shift"))
+            inputs["shift"] = [-1, c, h, w]
+        wanted.append(("langevin_step", LangevinStepProgram(eb, settings), specs, inputs))
     if not wanted:
         raise UserError("nothing to export: the checkpoint/nets hold neither a flow nor an EBM for the "
                         f"requested programs {list(programs)}")
@@ -292,7 +339,8 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
     for name, layer, spec, inputs in wanted:
         model, params = export_layer(layer, spec, os.path.join(out_dir, name))
         out[name] = model
-        meta[name] = {"model": os.path.basename(model), "params": os.path.basename(params), "inputs": inputs}
+        meta[name] = {"model": os.path.basename(model), "params": os.path.basename(params), "inputs": inputs,
+                      "onednn": name in ONEDNN_SAFE}
     out["infer_cfg"] = write_infer_cfg(out_dir, cfg, [c, h, w], settings, meta)
     return out
 
@@ -342,8 +390,9 @@ def write_infer_cfg(out_dir: str, cfg, image_shape: Sequence[int], settings: Sam
         "value_range": [-1.0, 1.0],
         "langevin": settings.to_dict(),
         "flow": {"inverse_method": cfg.Flow.inverse_method, "undo_bound": bool(cfg.Flow.undo_bound)},
-        # oneDNN breaks the grad programs and, with inplace_pass, silently breaks the bisection
-        "inference": {"disable_mkldnn": True},
+        # oneDNN breaks the grad programs and, with inplace_pass, silently breaks the bisection; each
+        # program's `onednn` flag says whether it is safe under oneDNN (only langevin_step so far)
+        "inference": {"disable_mkldnn": True, "onednn_programs": [p for p in programs if p in ONEDNN_SAFE]},
         "programs": programs,
     }
     path = os.path.join(out_dir, INFER_CFG)

@@ -171,10 +171,110 @@ def test_infer_cfg_contents_and_fallback_reader(exported):
     from paddle_coopflow.version import __version__
 
     assert doc["package_version"] == __version__
-    for name in ("flow_generator", "energy", "energy_grad", "coopflow_sampler"):
+    for name in ("flow_generator", "energy", "energy_grad", "coopflow_sampler", "langevin_step"):
         prog = doc["programs"][name]
         assert os.path.isfile(os.path.join(out, prog["model"])) and os.path.isfile(os.path.join(out, prog["params"]))
         assert paths[name].endswith(prog["model"])
+        assert prog["onednn"] is (name == "langevin_step")  # the only grad-free program
+    assert doc["programs"]["langevin_step"]["inputs"] == {"x": [-1, *SHAPE]}  # no noise input here
+    assert doc["inference"] == {"disable_mkldnn": True, "onednn_programs": ["langevin_step"]}
+
+
+# ------------------------------------------------------------------------ stepwise engine (oneDNN)
+def _dygraph_sample(cfg, flow, ebm, z, eps=None):
+    """The dygraph CoopFlow sample: langevin_flow (dygraph step) from the flow proposal flow⁻¹(z)."""
+    from paddle_coopflow.langevin import langevin_flow
+
+    lg = cfg.Langevin
+    return langevin_flow(ebm, flow.inverse(paddle.to_tensor(z)), lg.n_steps, lg.test_step_size, lg.delta_clip,
+                         tuple(lg.image_clip), noise_std=0.0 if eps is None else 1.0,
+                         noise=None if eps is None else paddle.to_tensor(eps), fast=False).numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_stepwise_onednn_matches_dygraph(exported, batch):
+    """flow_generator (oneDNN off) + langevin_step looped T times with oneDNN ON = the dygraph sample."""
+    cfg, flow, ebm, out, paths = exported
+    info = infer.read_infer_cfg(out)
+    sampler = infer.Sampler(out, info, "auto", "cpu", threads=1)
+    assert sampler.engine == "stepwise" and sampler.onednn  # auto picks it on CPU, with oneDNN
+    z = np.random.RandomState(10 + batch).standard_normal((batch, *SHAPE)).astype(np.float32)
+    got = sampler(z)
+    want = _dygraph_sample(cfg, flow, ebm, z)
+    err = float(np.abs(got - want).max())
+    assert err <= 1e-4, f"stepwise batch {batch}: max abs diff {err:.3g}"
+    assert np.abs(got - flow.inverse(paddle.to_tensor(z)).numpy()).max() > 1e-3  # the steps really moved x
+    fused = infer.Sampler(out, info, "fused", "cpu", threads=1)
+    assert fused.engine == "fused" and not fused.onednn
+    assert np.abs(fused(z) - got).max() <= 1e-4
+    off = infer.Sampler(out, info, "stepwise", "cpu", threads=1, onednn="off")
+    assert off.engine == "stepwise" and not off.onednn
+    assert np.abs(off(z) - want).max() <= 1e-4
+
+
+def test_stepwise_with_noise_input(tmp_path):
+    """With Langevin noise the step takes shift = s·ε; stepwise + oneDNN = dygraph with the same ε."""
+    from paddle_coopflow.export import export_all
+
+    cfg = load_config(None, TINY + ["Langevin.noise=constant", "Langevin.noise_std=0.5"])
+    flow, ebm = _nets(cfg, seed=4)
+    paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("flow_generator", "langevin_step"))
+    assert set(paths) == {"flow_generator", "langevin_step", "infer_cfg"}
+    info = infer.read_infer_cfg(str(tmp_path))
+    assert info["programs"]["langevin_step"]["inputs"] == {"x": [-1, *SHAPE], "shift": [-1, *SHAPE]}
+    sampler = infer.Sampler(str(tmp_path), info, "auto", "cpu", threads=1)
+    assert sampler.engine == "stepwise" and sampler.onednn and sampler.noise_input
+    with pytest.raises(infer.DeployError, match="noise input"):
+        sampler(np.zeros((1, *SHAPE), np.float32))
+    for batch in (1, 7):
+        rng = np.random.RandomState(batch)
+        z = rng.standard_normal((batch, *SHAPE)).astype(np.float32)
+        eps = (0.5 * rng.standard_normal((3, batch, *SHAPE))).astype(np.float32)
+        got = sampler(z, eps)
+        err = float(np.abs(got - _dygraph_sample(cfg, flow, ebm, z, eps)).max())
+        assert err <= 1e-4, f"noisy stepwise batch {batch}: max abs diff {err:.3g}"
+        assert np.abs(got - _dygraph_sample(cfg, flow, ebm, z)).max() > 1e-2  # the noise input is used
+    with pytest.raises(infer.DeployError, match="coopflow_sampler.*use --engine stepwise"):
+        infer.Sampler(str(tmp_path), info, "fused", "cpu", threads=1)
+
+
+def test_plain_ebm_has_no_step_and_falls_back_to_fused(tmp_path):
+    """EBMPlain has no grad-free step: no langevin_step in the export, and infer.py uses the fused sampler."""
+    from paddle_coopflow.builder import build_ebm, build_flow
+    from paddle_coopflow.export import export_all
+
+    # EBMPlain takes 32x32 images only (three stride-2 convs, then a 4x4 head)
+    cfg = load_config(None, TINY + ["EBM.arch=plain", "Data.image_size=32", "Flow.in_shape=[1,32,32]",
+                                    "EBM.base_channels=4", "EBM.img_size=32"])
+    paddle.seed(5)
+    flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
+    flow.data_init(paddle.uniform([8, 1, 32, 32], min=-1.0, max=1.0))
+    flow.eval()
+    ebm.eval()
+    paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("flow_generator", "coopflow_sampler",
+                                                                  "langevin_step"))
+    assert set(paths) == {"flow_generator", "coopflow_sampler", "infer_cfg"}
+    info = infer.read_infer_cfg(str(tmp_path))
+    assert "langevin_step" not in info["programs"] and info["inference"]["onednn_programs"] == []
+    assert infer.choose_engine(info, "auto", "cpu") == "fused"
+    with pytest.raises(infer.DeployError, match="langevin_step.*use --engine fused"):
+        infer.choose_engine(info, "stepwise", "cpu")
+    used = {}
+    got, z, _ = infer.generate(str(tmp_path), 3, 3, seed=1, threads=1, info_out=used)
+    assert used == {"engine": "fused", "onednn": False}
+    assert np.abs(got - _dygraph_sample(cfg, flow, ebm, z)).max() <= 1e-4
+
+
+def test_engine_choice_rules():
+    progs = {"programs": {"flow_generator": {}, "coopflow_sampler": {}, "langevin_step": {"onednn": True}}}
+    assert infer.choose_engine(progs, "auto", "cpu") == "stepwise"
+    assert infer.choose_engine(progs, "auto", "gpu") == "fused"
+    assert infer.step_uses_onednn(progs, "auto", "cpu") and not infer.step_uses_onednn(progs, "auto", "gpu")
+    assert not infer.step_uses_onednn(progs, "off", "cpu")
+    unmarked = {"programs": {"langevin_step": {"onednn": False}}}
+    assert not infer.step_uses_onednn(unmarked, "auto", "cpu") and infer.step_uses_onednn(unmarked, "on", "cpu")
+    with pytest.raises(infer.DeployError, match="--engine 'x' is invalid"):
+        infer.choose_engine(progs, "x")
 
 
 def test_find_model_file_accepts_json_and_pdmodel(tmp_path):
@@ -225,6 +325,7 @@ def test_train_export_infer_chain(trained, tmp_path):
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "img/s" in proc.stdout and "warning" not in proc.stderr
+    assert "stepwise, oneDNN on" in proc.stdout  # auto on CPU: the grad-free step with oneDNN
     pngs = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
     assert pngs == [f"{i:06d}.png" for i in range(5)] + ["grid.png"]
     data = np.load(out / "samples.npz")
@@ -234,6 +335,10 @@ def test_train_export_infer_chain(trained, tmp_path):
     s2, z2, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2)
     np.testing.assert_array_equal(z2, data["z"])
     assert np.abs(s2 - data["samples"]).max() <= 1e-5
+    used = {}
+    s3, z3, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2, engine="fused", info_out=used)
+    np.testing.assert_array_equal(z3, z2)
+    assert used["engine"] == "fused" and np.abs(s3 - s2).max() <= 1e-4
     prop, _, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2, flow_only=True)
     assert prop.shape == (5, *SHAPE) and np.abs(prop - s2).max() > 0
 

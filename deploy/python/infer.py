@@ -2,6 +2,7 @@
 
     python deploy/python/infer.py --model_dir output/run/inference --num 64 --out samples/
         [--batch_size 16] [--seed 0] [--device cpu|gpu] [--threads 2] [--flow_only] [--noise_std S]
+        [--engine auto|fused|stepwise] [--onednn auto|on|off]
 
 Standalone on purpose: it needs Paddle, NumPy and Pillow (PyYAML if installed) and nothing from the
 training package, so a deployment ships only this file and the exported directory.
@@ -9,9 +10,16 @@ training package, so a deployment ships only this file and the exported director
 Writes OUT/000000.png …, OUT/grid.png and OUT/samples.npz (``images`` uint8 [N, H, W, C] and
 ``samples`` float32 [N, C, H, W] in [-1, 1], plus the ``z`` that produced them).
 
-Correctness: the exported programs contain gradient ops and a bisection; with oneDNN on, Paddle
-Inference fails on the former and silently corrupts the latter (oneDNN + inplace_pass), so oneDNN is
-always disabled here. The CPU math library defaults to one thread; --threads sets it.
+Two engines give the same samples for the same seed:
+- fused: the single ``coopflow_sampler`` program (flow⁻¹ + T steps in a while op, ∇ₓf by gradient ops).
+- stepwise: ``flow_generator``, then the grad-free ``langevin_step`` program looped T times in Python,
+  fed the noise of each step. Exported for EBMRes only; with oneDNN it is the fast CPU engine.
+--engine auto (default) takes stepwise when ``langevin_step`` was exported and the device is CPU.
+
+oneDNN: the programs with gradient ops fail under it, and oneDNN + inplace_pass silently corrupts the
+flow inverse (both the bisection and the fast Newton inverse: errors up to 2), so every program runs
+with oneDNN off except those infer_cfg.yml marks ``onednn: true`` (``langevin_step``), which run with
+oneDNN on unless --onednn off. The CPU math library defaults to one thread; --threads sets it.
 """
 from __future__ import annotations
 
@@ -104,10 +112,11 @@ def read_infer_cfg(model_dir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------- predictor
-def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: int = 0):
+def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: int = 0, onednn: bool = False):
     """A Paddle Inference predictor for program `name`, configured for correct results.
 
-    A Config serves one predictor only, so a fresh one is built on every call.
+    A Config serves one predictor only, so a fresh one is built on every call. `onednn` (CPU only) is
+    for programs infer_cfg.yml marks ``onednn: true``; every other program must run with it off.
     """
     import paddle.inference as pi
 
@@ -122,20 +131,108 @@ def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: in
         cfg.enable_use_gpu(256, 0)
     else:
         cfg.disable_gpu()
-        # REQUIRED: grad ops fail under oneDNN and the bisection is silently wrong with oneDNN + inplace_pass
-        cfg.disable_mkldnn()
+        if onednn:
+            cfg.enable_mkldnn()
+        else:
+            # REQUIRED for all but langevin_step: grad ops fail under oneDNN, and the flow inverse is
+            # silently wrong with oneDNN + inplace_pass
+            cfg.disable_mkldnn()
         cfg.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
     return pi.create_predictor(cfg)
 
 
-def run_predictor(predictor, feeds):
-    """feeds: list of float32 arrays in input order → list of output arrays."""
-    for name, arr in zip(predictor.get_input_names(), feeds):
+def run_predictor(predictor, feeds, names=None):
+    """feeds: list of float32 arrays in input order (or in the order of `names`) → list of output arrays."""
+    for name, arr in zip(names or predictor.get_input_names(), feeds):
         h = predictor.get_input_handle(name)
         h.reshape(list(arr.shape))
         h.copy_from_cpu(np.ascontiguousarray(arr, dtype=np.float32))
     predictor.run()
     return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+
+
+# ----------------------------------------------------------------------------------- engines
+ENGINES = ("auto", "fused", "stepwise")
+ONEDNN_CHOICES = ("auto", "on", "off")
+
+
+def choose_engine(info: dict, engine: str = "auto", device: str = "cpu") -> str:
+    """'fused' or 'stepwise' for `engine`.
+
+    auto → stepwise iff flow_generator and langevin_step were exported and the device is CPU, else fused.
+
+    Raises:
+        DeployError: the engine's programs are not in the export (one line, with the fix).
+    """
+    programs = info.get("programs") or {}
+    if engine not in ENGINES:
+        raise DeployError(f"--engine {engine!r} is invalid; use one of {ENGINES}")
+    stepwise_ok = "flow_generator" in programs and "langevin_step" in programs
+    chosen = engine if engine != "auto" else ("stepwise" if stepwise_ok and device == "cpu" else "fused")
+    need = ["coopflow_sampler"] if chosen == "fused" else ["flow_generator", "langevin_step"]
+    missing = [n for n in need if n not in programs]
+    if missing:
+        if chosen == "stepwise":
+            hint = "langevin_step is exported for EBM.arch res only; use --engine fused"
+        elif stepwise_ok:
+            hint = "use --engine stepwise"
+        else:
+            hint = "use --flow_only" if "flow_generator" in programs else "export it with tools/export_model.py"
+        raise DeployError(f"the export has no {' / '.join(missing)} program for "
+                          f"the {chosen} engine (exported: {sorted(programs)}); {hint}")
+    return chosen
+
+
+def step_uses_onednn(info: dict, onednn: str = "auto", device: str = "cpu") -> bool:
+    """Whether the langevin_step predictor runs with oneDNN: auto → as infer_cfg.yml marks it (CPU only)."""
+    if onednn not in ONEDNN_CHOICES:
+        raise DeployError(f"--onednn {onednn!r} is invalid; use one of {ONEDNN_CHOICES}")
+    if device != "cpu" or onednn == "off":
+        return False
+    marked = bool(((info.get("programs") or {}).get("langevin_step") or {}).get("onednn"))
+    return onednn == "on" or marked
+
+
+class Sampler:
+    """The CoopFlow sampler of an export directory, on one engine.
+
+    Call: z [N, C, H, W] (, eps [T, N, C, H, W] = σ·N(0, I), only if the export has a noise input)
+    → x̃ [N, C, H, W]. Both engines give the same result for the same (z, eps).
+
+    Args:
+        model_dir: export directory.
+        info: its infer_cfg.yml (read_infer_cfg).
+        engine: 'auto', 'fused' or 'stepwise' (see choose_engine).
+        device, threads: as create_predictor.
+        onednn: 'auto', 'on' or 'off' for the langevin_step predictor (see step_uses_onednn).
+    """
+
+    def __init__(self, model_dir: str, info: dict, engine: str = "auto", device: str = "cpu", threads: int = 0,
+                 onednn: str = "auto"):
+        self.engine = choose_engine(info, engine, device)
+        lg = info.get("langevin") or {}
+        self.n_steps = int(lg.get("n_steps") or 0)
+        self.step_size = float(lg.get("step_size") or 0.0)
+        self.noise_input = bool(lg.get("noise_input"))
+        self.onednn = False
+        if self.engine == "fused":
+            self.sampler = create_predictor(model_dir, "coopflow_sampler", device, threads)
+        else:
+            self.flow = create_predictor(model_dir, "flow_generator", device, threads)
+            self.onednn = step_uses_onednn(info, onednn, device)
+            self.step = create_predictor(model_dir, "langevin_step", device, threads, onednn=self.onednn)
+
+    def __call__(self, z: np.ndarray, eps=None) -> np.ndarray:
+        if self.noise_input and eps is None:
+            raise DeployError("this export has a Langevin noise input: pass eps [T, N, C, H, W] (zeros for none)")
+        if self.engine == "fused":
+            return run_predictor(self.sampler, [z] + ([eps] if self.noise_input else []))[0]
+        x = run_predictor(self.flow, [z])[0]
+        for k in range(self.n_steps):
+            # shift = s·ε, the noise term the fused program adds (ε already scaled by σ)
+            feeds = [x] + ([self.step_size * eps[k]] if self.noise_input else [])
+            x = run_predictor(self.step, feeds, ["x", "shift"][: len(feeds)])[0]
+        return x
 
 
 # ----------------------------------------------------------------------------------- images
@@ -173,16 +270,26 @@ def _check_version(info: dict) -> None:
 
 
 def generate(model_dir: str, num: int, batch_size: int, seed: int, device: str = "cpu", threads: int = 0,
-             flow_only: bool = False, noise_std=None):
-    """Draw z (and Langevin noise) with NumPy and run the sampler → (samples [N,C,H,W], z, seconds)."""
+             flow_only: bool = False, noise_std=None, engine: str = "auto", onednn: str = "auto", info_out=None):
+    """Draw z (and Langevin noise) with NumPy and run the sampler → (samples [N,C,H,W], z, seconds).
+
+    The draws do not depend on the engine (z, then the [T, b, C, H, W] noise, per batch), so both engines
+    give the same samples for one seed. `info_out`, a dict, receives the engine and oneDNN use.
+    """
     info = read_infer_cfg(model_dir)
     _check_version(info)
-    name = "flow_generator" if flow_only else "coopflow_sampler"
     programs = info.get("programs") or {}
-    if name not in programs:
-        hint = "; use --flow_only" if "flow_generator" in programs else "; export it with tools/export_model.py"
-        raise DeployError(f"{model_dir} has no '{name}' program (exported: {sorted(programs)}){hint}")
-    pred = create_predictor(model_dir, name, device, threads)
+    if flow_only:
+        if "flow_generator" not in programs:
+            raise DeployError(f"{model_dir} has no 'flow_generator' program (exported: {sorted(programs)}); "
+                              "export it with tools/export_model.py")
+        pred = create_predictor(model_dir, "flow_generator", device, threads)
+        run, used = (lambda z, eps: run_predictor(pred, [z])[0]), {"engine": "flow_only", "onednn": False}
+    else:
+        run = Sampler(model_dir, info, engine, device, threads, onednn)
+        used = {"engine": run.engine, "onednn": run.onednn}
+    if info_out is not None:
+        info_out.update(used)
     c, h, w = [int(v) for v in info["image_shape"]]
     lg = info.get("langevin") or {}
     use_noise = (not flow_only) and bool(lg.get("noise_input"))
@@ -192,11 +299,11 @@ def generate(model_dir: str, num: int, batch_size: int, seed: int, device: str =
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
         z = rng.standard_normal((b, c, h, w)).astype(np.float32)
-        feeds = [z]
+        eps = None
         if use_noise:
-            feeds.append((std * rng.standard_normal((int(lg["n_steps"]), b, c, h, w))).astype(np.float32))
+            eps = (std * rng.standard_normal((int(lg["n_steps"]), b, c, h, w))).astype(np.float32)
         t0 = time.perf_counter()
-        outs.append(run_predictor(pred, feeds)[0])
+        outs.append(run(z, eps))
         seconds += time.perf_counter() - t0
         zs.append(z)
     return np.concatenate(outs), np.concatenate(zs), seconds
@@ -214,18 +321,27 @@ def main(argv=None) -> int:
     p.add_argument("--flow_only", action="store_true", help="run flow_generator only (no Langevin revision)")
     p.add_argument("--noise_std", type=float, default=None,
                    help="Langevin noise σ for samplers exported with a noise input (default: infer_cfg.yml)")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="fused: the coopflow_sampler program; stepwise: flow_generator + langevin_step looped T "
+                        "times (oneDNN); auto: stepwise if langevin_step was exported and --device cpu")
+    p.add_argument("--onednn", choices=ONEDNN_CHOICES, default="auto",
+                   help="oneDNN for the stepwise langevin_step predictor (auto: as infer_cfg.yml marks it); "
+                        "all other programs always run with oneDNN off")
     args = p.parse_args(argv)
     if args.num < 1 or args.batch_size < 1:
         raise DeployError("--num and --batch_size must be >= 1")
+    used: dict = {}
     samples, z, seconds = generate(args.model_dir, args.num, args.batch_size, args.seed, args.device,
-                                   args.threads, args.flow_only, args.noise_std)
+                                   args.threads, args.flow_only, args.noise_std, args.engine, args.onednn, used)
     images = to_uint8(samples)
     os.makedirs(args.out, exist_ok=True)
     for i, img in enumerate(images):
         save_image(img, os.path.join(args.out, f"{i:06d}.png"))
     save_image(make_grid(images), os.path.join(args.out, "grid.png"))
     np.savez(os.path.join(args.out, "samples.npz"), images=images, samples=samples.astype(np.float32), z=z)
-    prog = "flow_generator" if args.flow_only else "coopflow_sampler"
+    prog = {"flow_only": "flow_generator", "fused": "coopflow_sampler (fused)",
+            "stepwise": "flow_generator + langevin_step (stepwise, oneDNN " + ("on)" if used["onednn"] else "off)")
+            }[used["engine"]]
     print(f"{prog}: {len(images)} images in {seconds:.2f}s ({len(images) / max(seconds, 1e-9):.2f} img/s) "
           f"-> {args.out}")
     return 0
