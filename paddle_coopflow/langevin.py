@@ -16,6 +16,7 @@ Update (eq. 3, with the official code's two clips, SPEC §3.1 and §3.4):
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Optional, Tuple, Union
 
 import paddle
@@ -122,10 +123,12 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
 
         if langevin_fast.enabled() if fast is None else fast:
             step_fn = langevin_fast.make_langevin_step(ebm)
+    # A chain never changes the EBM: the fast step computes its weight-only factors once per chain.
+    chain = step_fn.fast.chain() if hasattr(step_fn, "fast") else contextlib.nullcontext()
     x0 = x
     f_first = f_last = None
     clip_count = 0.0
-    with paddle.set_grad_enabled(True):
+    with chain, paddle.set_grad_enabled(True):
         for k in range(n_steps):
             eps = None if (noise is None or noise_std <= 0.0) else noise[k]
             x, f, drift = step_fn(ebm, x, step_size, delta_clip, image_clip, eps, noise_std,

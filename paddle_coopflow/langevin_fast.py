@@ -32,10 +32,11 @@ so seeded runs give the same chain on both paths.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -43,7 +44,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 __all__ = ["MODES", "VARIANTS", "set_mode", "get_mode", "available", "enabled", "FastLangevin",
-           "make_langevin_step", "res_energy_and_grad", "supports_manual"]
+           "make_langevin_step", "res_energy_and_grad", "res_adjoint_weights", "supports_manual"]
 
 MODES = ("auto", "on", "off")
 VARIANTS = ("auto", "manual", "autograd")
@@ -124,10 +125,40 @@ def _conv(conv, x):
     return F.conv2d(x, conv.weight, conv.bias, stride=1, padding=conv._padding)
 
 
-def _conv_input_grad(conv, g):
-    # ∂/∂x of a stride-1 'same' 3×3 conv applied to g: a conv with the kernel transposed and flipped.
-    w = paddle.flip(conv.weight.transpose([1, 0, 2, 3]), [2, 3])
+def _adjoint_kernel(weight, scale: float = 1.0):
+    # ∂/∂x of a stride-1 'same' 3×3 conv is a conv with the kernel transposed and flipped: [in, out, 3, 3].
+    w = paddle.flip(weight.transpose([1, 0, 2, 3]), [2, 3])
+    return w if scale == 1.0 else w * scale
+
+
+def _conv_input_grad(conv, g, w_adj=None, scale: float = 1.0):
+    w = _adjoint_kernel(conv.weight, scale) if w_adj is None else w_adj
     return F.conv2d(g, w, None, stride=1, padding=conv._padding)
+
+
+# Per conv of `_res_convs`: conv1 1, conv2 and res 1/4 (the average pool after them, see _avgpool_input_grad).
+def _adjoint_scales(n_blocks: int) -> list:
+    return [1.0] + [1.0, 0.25, 0.25] * n_blocks
+
+
+def _res_convs(ebm: nn.Layer) -> list:
+    """The 3×3 convs of an EBMRes in the order of :func:`res_adjoint_weights`: stem, then conv1, conv2, res per block."""
+    layers = list(ebm.f)
+    return [layers[0]] + [c for b in layers[2:-1] for c in (b.conv1, b.conv2, b.res)]
+
+
+def res_adjoint_weights(ebm: nn.Layer) -> List[paddle.Tensor]:
+    """The weight-only factors of ∇ₓf for :func:`res_energy_and_grad`, computed once per chain.
+
+    Returns [adjoint kernel of each 3×3 conv (order of `_res_convs`)] + [Σ_o W_head[o] as [1, C, k, k]].
+    They change only when the weights do, so a Langevin chain (fixed EBM) computes them once instead
+    of in every step: the flips alone took ~0.2 s per step at nf = 128 on the machine of docs/speed.md.
+    """
+    head = list(ebm.f)[-1]
+    convs = _res_convs(ebm)
+    with paddle.no_grad():
+        return ([_adjoint_kernel(c.weight, k) for c, k in zip(convs, _adjoint_scales((len(convs) - 1) // 3))]
+                + [head.weight.sum(axis=0, keepdim=True)])
 
 
 def _swish(h):
@@ -135,23 +166,31 @@ def _swish(h):
     return h * s, s
 
 
-def _dswish(h, s):
-    return s * (1.0 + h * (1.0 - s))   # d/dh of h·σ(h)
+def _dswish(a, s):
+    # d/dh of a = h·σ(h) is σ + h·σ(1 − σ) = a + σ(1 − a): three elementwise ops, from the forward's a and σ.
+    return a + s * (1.0 - a)
 
 
 def _avgpool_input_grad(g):
-    # [N, C, H, W] → [N, C, 2H, 2W]: each value repeated 2×2, divided by 4. (tile, not expand: under
-    # oneDNN an expand becomes a broadcast add in 6-D that runs on the slow reference kernel.)
+    # [N, C, H, W] → [N, C, 2H, 2W]: each value repeated 2×2. The factor 1/4 of the 2×2 average is folded
+    # into the adjoint kernels of conv2 and res, the only consumers (exact: a power of two). (tile, not
+    # expand: under oneDNN an expand becomes a broadcast add in 6-D that runs on the slow reference kernel.)
     _, c, h, w = g.shape
-    return paddle.tile(g.unsqueeze([3, 5]), [1, 1, 1, 2, 1, 2]).reshape([0, c, 2 * h, 2 * w]) * 0.25
+    return paddle.tile(g.unsqueeze([3, 5]), [1, 1, 1, 2, 1, 2]).reshape([0, c, 2 * h, 2 * w])
 
 
-def res_energy_and_grad(ebm: nn.Layer, x: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """f(x) [N] and ∇ₓ Σf [N, C, H, W] of an EBMRes using forward ops only (see supports_manual)."""
+def res_energy_and_grad(ebm: nn.Layer, x: paddle.Tensor,
+                        adjoint: Optional[Sequence[paddle.Tensor]] = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """f(x) [N] and ∇ₓ Σf [N, C, H, W] of an EBMRes using forward ops only (see supports_manual).
+
+    adjoint: :func:`res_adjoint_weights` of the current weights, or None to derive them here.
+    """
     layers = list(ebm.f)
     stem, blocks, head = layers[0], layers[2:-1], layers[-1]
+    adj = list(adjoint) if adjoint is not None else [None] * (3 * len(blocks) + 1) + [None]
     c0 = _conv(stem, x)
-    a, s0 = _swish(c0)
+    a0, s0 = _swish(c0)
+    a = a0
     saved = []
     for b in blocks:
         c1 = _conv(b.conv1, a)
@@ -160,37 +199,48 @@ def res_energy_and_grad(ebm: nn.Layer, x: paddle.Tensor) -> Tuple[paddle.Tensor,
         ah, sh = _swish(h)
         r = _conv(b.res, a)
         ar, sr = _swish(r)
-        saved.append((b, c1, s1, h, sh, r, sr))
+        saved.append((b, a1, s1, ah, sh, ar, sr))
         a = F.avg_pool2d(ah + ar, kernel_size=2, stride=2)
     f = paddle.reshape(_conv(head, a), [0, -1]).sum(axis=1)
     # The head maps [N, C, k, k] to [N, 100, 1, 1] and f sums it: ∂f/∂a = Σ_o W_head[o] for every sample.
-    g = paddle.expand_as(head.weight.sum(axis=0, keepdim=True), a)
-    for b, c1, s1, h, sh, r, sr in reversed(saved):
+    w_head = head.weight.sum(axis=0, keepdim=True) if adj[-1] is None else adj[-1]
+    g = paddle.expand_as(w_head, a)
+    for i in reversed(range(len(saved))):
+        b, a1, s1, ah, sh, ar, sr = saved[i]
+        w1, w2, wr = adj[1 + 3 * i: 4 + 3 * i]
         gp = _avgpool_input_grad(g)
-        g_c1 = _conv_input_grad(b.conv2, gp * _dswish(h, sh)) * _dswish(c1, s1)
-        g = _conv_input_grad(b.conv1, g_c1) + _conv_input_grad(b.res, gp * _dswish(r, sr))
-    return f, _conv_input_grad(stem, g * _dswish(c0, s0))
+        g_c1 = _conv_input_grad(b.conv2, gp * _dswish(ah, sh), w2, 0.25) * _dswish(a1, s1)
+        g = _conv_input_grad(b.conv1, g_c1, w1) + _conv_input_grad(b.res, gp * _dswish(ar, sr), wr, 0.25)
+    return f, _conv_input_grad(stem, g * _dswish(a0, s0), adj[0])
 
 
 class _StepProgram(nn.Layer):
     """One Langevin step as a layer to convert with to_static (a wrapper: the EBM itself stays dygraph).
 
     Constants (step size, clips) are baked in; `shift` is the noise term σ_noise·s·ε or absent.
-    Call: x [N, ...] (, shift [N, ...]) → (x_next [N, ...], f [N], drift [N, ...]).
+    Call: x [N, ...] (, shift [N, ...]) (, *res_adjoint_weights(ebm) if adjoint_inputs)
+          → (x_next [N, ...], f [N], drift [N, ...]).
+    adjoint_inputs ('manual' only): the weight-only factors of ∇ₓf are inputs, computed once per chain
+    by the caller, instead of being recomputed inside every step.
     """
 
     def __init__(self, ebm: nn.Layer, step_size: float, delta_clip: Optional[float],
-                 image_clip: Optional[Tuple[float, float]], with_noise: bool, variant: str):
+                 image_clip: Optional[Tuple[float, float]], with_noise: bool, variant: str,
+                 adjoint_inputs: bool = False):
         super().__init__()
         self.ebm = ebm
         self.coef = 0.5 * float(step_size) * float(step_size)
         self.delta_clip, self.image_clip = delta_clip, image_clip
         self.with_noise, self.manual = with_noise, variant == "manual"
+        self.adjoint_inputs = bool(adjoint_inputs) and self.manual
 
     def forward(self, x, shift=None):
+        return self._step(x, shift, None)
+
+    def _step(self, x, shift, adjoint):
         xg = x.clone()  # never x.detach(): with the in-place pass that overwrites the caller's tensor
         if self.manual:
-            f, grad = res_energy_and_grad(self.ebm, xg)
+            f, grad = res_energy_and_grad(self.ebm, xg, adjoint)
         else:
             xg.stop_gradient = False
             f = self.ebm(xg)
@@ -205,6 +255,15 @@ class _StepProgram(nn.Layer):
         # clip(±inf) is the identity, so "no image clip" stays exact.
         lo, hi = self.image_clip if self.image_clip is not None else (-math.inf, math.inf)
         return paddle.clip(x_next, lo, hi), f.detach(), drift.detach()
+
+
+class _AdjointStepProgram(_StepProgram):
+    """_StepProgram with adjoint_inputs: call (x, extra) with extra = [shift] + res_adjoint_weights(ebm), or
+    the adjoint weights alone without noise (to_static needs a fixed signature; a list input holds them)."""
+
+    def forward(self, x, extra):
+        shift = extra[0] if self.with_noise else None
+        return self._step(x, shift, extra[1:] if self.with_noise else extra)
 
 
 class FastLangevin:
@@ -230,9 +289,32 @@ class FastLangevin:
         self.n_compiled = 0
         self.n_fallback_steps = 0
         self.timings: Dict[tuple, Dict[str, float]] = {}   # key → seconds per step, from 'auto'
+        self._chain_depth = 0
+        self._adjoint: Optional[List[paddle.Tensor]] = None  # res_adjoint_weights, kept within a chain
 
     def __deepcopy__(self, memo):
         return None  # the cache lives on the EBM; a deep-copied EBM must build its own programs
+
+    @contextlib.contextmanager
+    def chain(self):
+        """Scope in which the EBM weights do not change (one Langevin chain): the weight-only factors
+        of the 'manual' gradient are computed on first use and reused by every step inside it.
+        Outside a chain every step recomputes them (always correct, slower)."""
+        self._chain_depth += 1
+        try:
+            yield self
+        finally:
+            self._chain_depth -= 1
+            if self._chain_depth == 0:
+                self._adjoint = None
+
+    def _adjoint_weights(self) -> List[paddle.Tensor]:
+        if self._adjoint is not None:
+            return self._adjoint
+        adj = res_adjoint_weights(self.ebm)
+        if self._chain_depth > 0:
+            self._adjoint = adj
+        return adj
 
     def chosen(self) -> Dict[tuple, str]:
         """Which implementation each key uses: 'manual', 'autograd' or 'dygraph'."""
@@ -265,7 +347,7 @@ class FastLangevin:
         entry = self._programs[key]
         if entry is not None:
             try:
-                return self._run(entry[1], x, shift)
+                return self._run(entry, x, shift)
             except Exception as err:  # noqa: BLE001 — any failure means "use dygraph", by design
                 self._programs[key] = None
                 self._fail(key, entry[0], err)
@@ -275,6 +357,10 @@ class FastLangevin:
     # ---------------------------------------------------------------------------------- internals
     def _build(self, key, shift, args):
         """First call of a key: compile, check, (in 'auto') time; returns the dygraph result."""
+        with self.chain():   # the weights are fixed while the candidates are built and timed
+            return self._build_in_chain(key, shift, args)
+
+    def _build_in_chain(self, key, shift, args):
         timings: Dict[str, float] = {}
         ref = self._dygraph(*args)
         if self.variant != "auto":
@@ -284,7 +370,7 @@ class FastLangevin:
         built = {}
         for name in names:
             try:
-                prog = self._compile(key, name)
+                prog = (name, self._compile(key, name))
                 out = self._run(prog, args[0], shift)
                 if self.verify:
                     self._check(out, ref)
@@ -302,7 +388,7 @@ class FastLangevin:
                        f"(s/step: {', '.join(f'{n} {t:.3f}' for n, t in timings.items())})", logging.INFO)
         else:
             best = next(iter(built), "dygraph")
-        self._programs[key] = None if best == "dygraph" else (best, built[best])
+        self._programs[key] = None if best == "dygraph" else built[best]
         self.n_compiled += len(built)
         if best == "dygraph":
             self.n_fallback_steps += 1
@@ -310,16 +396,25 @@ class FastLangevin:
 
     def _compile(self, key: tuple, variant: str):
         shape, dtype, step_size, delta_clip, clip, with_noise, _ = key
-        layer = _StepProgram(self.ebm, step_size, delta_clip, clip, with_noise, variant)
+        cls = _AdjointStepProgram if variant == "manual" else _StepProgram
+        layer = cls(self.ebm, step_size, delta_clip, clip, with_noise, variant, adjoint_inputs=variant == "manual")
         # Only the wrapper's flag matters: training=False keeps to_static from appending a backward over
         # the program (a double grad of swish). .eval() would also flip the EBM, so set it directly.
         layer.training = False
         spec = [paddle.static.InputSpec([None] + list(shape), dtype, "x")]
         if with_noise:
             spec.append(paddle.static.InputSpec([None] + list(shape), dtype, "shift"))
+        if layer.adjoint_inputs:
+            spec = [spec[0], spec[1:] + [paddle.static.InputSpec(list(w.shape), w.dtype, f"adjoint_{i}")
+                                         for i, w in enumerate(self._adjoint_weights())]]
         return paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
 
-    def _run(self, prog, x, shift):
+    def _run(self, entry, x, shift):
+        """entry: (variant, static layer)."""
+        variant, prog = entry
+        inputs = [x] + ([shift] if shift is not None else [])
+        if variant == "manual":
+            inputs = [x, inputs[1:] + self._adjoint_weights()]
         params = self.ebm.parameters()
         saved = [p.stop_gradient for p in params]
         old_flags = paddle.get_flags(list(self.flags)) if self.flags else {}
@@ -329,7 +424,7 @@ class FastLangevin:
             if self.flags:
                 paddle.set_flags(self.flags)
             with paddle.set_grad_enabled(True):
-                out = prog(x, shift) if shift is not None else prog(x)
+                out = prog(*inputs)
         finally:
             if old_flags:
                 paddle.set_flags(old_flags)
@@ -337,9 +432,9 @@ class FastLangevin:
                 p.stop_gradient = s
         return tuple(o.detach() for o in out)
 
-    def _time(self, prog, x, shift) -> float:
+    def _time(self, entry, x, shift) -> float:
         t0 = time.perf_counter()
-        self._run(prog, x, shift)[0].numpy()
+        self._run(entry, x, shift)[0].numpy()
         return time.perf_counter() - t0
 
     def _time_dygraph(self, args) -> float:

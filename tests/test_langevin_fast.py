@@ -64,9 +64,10 @@ def test_manual_gradient_equals_autograd_in_float64(size):
     x.stop_gradient = False
     f_ref = net(x)
     (g_ref,) = paddle.grad([f_ref.sum()], [x])
-    f, g = lf.res_energy_and_grad(net, x)
-    np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-10, atol=1e-14)
+    for adjoint in (None, lf.res_adjoint_weights(net)):   # derived in the graph, or precomputed per chain
+        f, g = lf.res_energy_and_grad(net, x, adjoint)
+        np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-10, atol=1e-14)
     assert lf.supports_manual(net) and not lf.supports_manual(EBMPlain(3, 4))
     assert not lf.supports_manual(EBMMLP(2, 8, 1))
 
@@ -106,6 +107,29 @@ def test_equals_dygraph_with_weight_update_and_bookkeeping(ebm, variant):
     assert _maxdiff(a2, b2) <= TOL
     assert _maxdiff(a2, a) > 1e-3                # the update did change the chain
     assert fast.n_compiled == 1                  # same program, new weights
+
+
+def test_chain_scope_computes_weight_factors_once_per_chain(ebm, monkeypatch):
+    """Inside fast.chain() the manual step reuses its weight-only factors; a new chain sees new weights."""
+    ebm = copy.deepcopy(ebm)
+    calls = []
+    real = lf.res_adjoint_weights
+    monkeypatch.setattr(lf, "res_adjoint_weights", lambda net: calls.append(1) or real(net))
+    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    opt = paddle.optimizer.Adam(1e-2, parameters=ebm.parameters())
+    x = _x(3, 0)
+    with fast.chain():
+        a = _fast_flow(fast, x, T, *CLIPS)
+    assert len(calls) == 1 and fast._adjoint is None   # once for the chain, dropped at its end
+    assert _maxdiff(a, _dygraph_flow(ebm, x, T, *CLIPS)) <= TOL
+    (ebm(_x(4, 9)).mean() - ebm(a).mean()).backward()
+    opt.step()
+    with fast.chain():
+        a2 = _fast_flow(fast, x, T, *CLIPS)
+    assert len(calls) == 2
+    assert _maxdiff(a2, _dygraph_flow(ebm, x, T, *CLIPS)) <= TOL and _maxdiff(a2, a) > 1e-3
+    _fast_flow(fast, x, 2, *CLIPS)                  # outside a chain: recomputed every step
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("variant", ["manual", "autograd"])
