@@ -3,13 +3,16 @@
 Times, at one batch size, (1) dygraph generation as `CoopFlow.sample` does it (flow.inverse in eval
 mode + T Langevin steps at the test step size), optionally (`fast`) the same with the in-process
 static oneDNN Langevin step of paddle_coopflow.langevin_fast, (2) the flow alone in dygraph, (3) the
-exported `coopflow_sampler` and (4) `flow_generator` in Paddle Inference (oneDNN off, as required).
+exported `coopflow_sampler` (the fused engine of deploy/python/infer.py, oneDNN off, as required),
+(4) the stepwise engine (`flow_generator` with oneDNN off, then the grad-free `langevin_step` looped T
+times with oneDNN on; EBMRes only) and (5) `flow_generator` alone in Paddle Inference.
 Networks are randomly initialised (flow: one data-init pass on random images), so the bisection
 may take a different number of iterations than on a trained flow.
 
     python bench/bench_inference.py -c configs/digits_demo.yaml --batch 28
     python bench/bench_inference.py -c configs/cifar10_t30.yaml --batch 28      # paper: many minutes
     python bench/bench_inference.py -c configs/digits_demo.yaml --batch 2 -o Langevin.n_steps=2 --repeats 1
+    python bench/bench_inference.py -c configs/digits_demo.yaml --batch 28 --parts sampler,stepwise,stepwise_nodnn
 
 Prints one line per measurement and a final JSON line.
 """
@@ -42,9 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup_batch", type=int, default=0,
                    help="batch of the untimed warm-up run (0 = --batch); 1 halves the cost of slow configs")
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
-    p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,flow",
+    p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,stepwise,flow",
                    help="comma list of: dygraph, fast (flow + langevin_fast static oneDNN step), "
-                        "dygraph_flow, sampler, flow, flow_onednn (flow_generator with oneDNN, inplace_pass off)")
+                        "dygraph_flow, sampler (fused engine), stepwise (stepwise engine, oneDNN on), "
+                        "stepwise_nodnn (the same with oneDNN off), flow, "
+                        "flow_onednn (flow_generator with oneDNN, inplace_pass off)")
     p.add_argument("--out_dir", default="", help="keep the exported programs here (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -108,12 +113,19 @@ def _bench_dygraph(parts, flow, ebm, lg, z, zw, repeats: int, report) -> None:
 def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, report) -> None:
     import numpy as np
 
-    import infer  # deploy/python/infer.py: the deployment's own predictor settings
+    import infer  # deploy/python/infer.py: the deployment's own predictor settings and engines
     from paddle_coopflow.export import export_all
+    from paddle_coopflow.langevin_fast import supports_manual
 
+    stepwise = [p for p in ("stepwise", "stepwise_nodnn") if p in parts]
+    if stepwise and not supports_manual(ebm):
+        print(f"{'stepwise':28s} skipped: {type(ebm).__name__} has no grad-free langevin_step", flush=True)
+        stepwise = []
     programs = [p for p, want in (("coopflow_sampler", "sampler"), ("flow_generator", "flow")) if want in parts]
-    if "flow_onednn" in parts and "flow_generator" not in programs:
+    if ("flow_onednn" in parts or stepwise) and "flow_generator" not in programs:
         programs.append("flow_generator")
+    if stepwise:
+        programs.append("langevin_step")
     if not programs:
         return
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="coopflow_export_")
@@ -121,24 +133,49 @@ def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, rep
     export_all(cfg, flow, ebm, out_dir, programs=programs)
     report.res["export_s"] = time.perf_counter() - t0
     print(f"{'export':28s} {report.res['export_s']:9.3f} s ({', '.join(programs)} -> {out_dir})", flush=True)
-    runs = [(p, p, False) for p in programs]
-    if "flow_onednn" in parts:
-        runs.append(("flow_generator", "flow_generator_onednn_no_inplace", True))
+    info = infer.read_infer_cfg(out_dir)
     T = cfg.Langevin.n_steps
-    for prog, key, onednn in runs:
+    noise = bool(info["langevin"]["noise_input"])
+
+    def eps(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
+        return np.zeros((T, *z0.shape), np.float32) if noise else None
+
+    # (key, make a callable z -> samples)
+    runs = []
+    if "coopflow_sampler" in programs:
+        runs.append(("coopflow_sampler", lambda: infer.Sampler(out_dir, info, "fused", "cpu", threads)))
+    for part in stepwise:
+        dnn = "on" if part == "stepwise" else "off"
+        runs.append(("stepwise_onednn_" + dnn, lambda dnn=dnn: infer.Sampler(out_dir, info, "stepwise", "cpu",
+                                                                               threads, onednn=dnn)))
+    if "flow" in parts:
+        runs.append(("flow_generator", lambda: _flow_fn(infer.create_predictor(out_dir, "flow_generator", "cpu",
+                                                                                 threads))))
+    if "flow_onednn" in parts:
+        runs.append(("flow_generator_onednn_no_inplace",
+                     lambda: _flow_fn(_onednn_predictor(out_dir, "flow_generator", threads))))
+    outputs = {}
+    for key, make in runs:
         t0 = time.perf_counter()
-        pred = _onednn_predictor(out_dir, prog, threads) if onednn else \
-            infer.create_predictor(out_dir, prog, "cpu", threads)
+        fn = make()
         report.res[key + "_create_s"] = time.perf_counter() - t0
-        noise = prog == "coopflow_sampler" and len(pred.get_input_names()) > 1
-
-        def feeds(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
-            return [z0] + ([np.zeros((T, *z0.shape), np.float32)] if noise else [])
-
-        report("inference_" + key, _median_time(lambda: infer.run_predictor(pred, feeds(z_np)), args.repeats,
-                                                 lambda: infer.run_predictor(pred, feeds(zw_np))))
+        report("inference_" + key, _median_time(lambda: fn(z_np, eps(z_np)), args.repeats,
+                                                 lambda: fn(zw_np, eps(zw_np))))
+        outputs[key] = fn(z_np, eps(z_np))
+    # the engines must agree (zero noise): a fast wrong engine is no result
+    ref = outputs.get("coopflow_sampler")
+    for key in ("stepwise_onednn_on", "stepwise_onednn_off"):
+        if ref is not None and key in outputs:
+            report.res[key + "_max_abs_diff_vs_fused"] = diff = float(np.abs(outputs[key] - ref).max())
+            print(f"{key:28s} max |x - fused| = {diff:.2e}", flush=True)
     if not args.out_dir:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _flow_fn(pred):
+    import infer
+
+    return lambda z0, eps=None: infer.run_predictor(pred, [z0])[0]
 
 
 def main(argv=None) -> int:
