@@ -251,9 +251,8 @@ def test_plain_ebm_has_no_step_and_falls_back_to_fused(tmp_path):
     flow.data_init(paddle.uniform([8, 1, 32, 32], min=-1.0, max=1.0))
     flow.eval()
     ebm.eval()
-    paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("flow_generator", "coopflow_sampler",
-                                                                  "langevin_step"))
-    assert set(paths) == {"flow_generator", "coopflow_sampler", "infer_cfg"}
+    paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("coopflow_sampler", "langevin_step"))
+    assert set(paths) == {"coopflow_sampler", "infer_cfg"}
     info = infer.read_infer_cfg(str(tmp_path))
     assert "langevin_step" not in info["programs"] and info["inference"]["onednn_programs"] == []
     assert infer.choose_engine(info, "auto", "cpu") == "fused"
