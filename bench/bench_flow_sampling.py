@@ -2,9 +2,12 @@
 
 For every method in --methods it times `flow.inverse(z)` end to end and, separately, the time
 spent inside the mixture-CDF inversions (the rest is the coupling networks, ActNorm, InvConv).
-With --truth (default) it also samples once with every mixture inverse solved in float64 (the
-"fast" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of each
-float32 coupling, and reports each method's max |image - truth| next to max |fast - bisection|.
+A method is an inverse ("bisection", the reference, or "fast"), optionally with "+static": the
+coupling networks then run as static-graph oneDNN programs (Flow.fast_nn, models/flowpp/fast_nn.py)
+instead of dygraph. With --truth (default) it also samples once with every mixture inverse solved in
+float64 (the "fast" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of
+each float32 dygraph coupling, and, with --truth64, once with the whole flow in float64 (the exact
+sampler of these weights, for every engine); it reports each method's max |image - truth|.
 It also samples once with every "fast" coupling output moved by one float32 ulp (random
 direction): how far images move under the smallest possible change of the inverses, i.e. the
 float32 noise floor of this flow's sampler, below which no comparison of methods is meaningful.
@@ -39,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-blocks", type=int, default=10)
     p.add_argument("--num-components", type=int, default=32)
     p.add_argument("--no-attn", action="store_true")
-    p.add_argument("--methods", nargs="+", default=["bisection", "fast"])
+    p.add_argument("--methods", nargs="+", default=["bisection", "fast", "fast+static"])
+    p.add_argument("--truth64", action="store_true", help="also sample with the whole flow in float64")
     p.add_argument("--no-truth", dest="truth", action="store_false", help="skip the float64-inverse reference run")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per method (after a 1-image warm-up)")
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
@@ -114,9 +118,9 @@ def main(argv=None) -> dict:
     from paddle_coopflow.models.flowpp import INV_CDF_METHODS, FlowPlusPlus, data_init
     from paddle_coopflow.models.flowpp import coupling as coupling_module
 
-    bad = [m for m in args.methods if m not in INV_CDF_METHODS]
+    bad = [m for m in args.methods if m.split("+")[0] not in INV_CDF_METHODS or m.split("+")[1:] not in ([], ["static"])]
     if bad:
-        raise SystemExit(f"unknown --methods {bad}; choose from {INV_CDF_METHODS}")
+        raise SystemExit(f"unknown --methods {bad}; choose from {INV_CDF_METHODS}, each optionally +static")
     seed_everything(args.seed)
     shape = (args.channels, args.size, args.size)
     flow = FlowPlusPlus(in_shape=shape, mid_channels=args.mid_channels, num_blocks=args.num_blocks,
@@ -132,11 +136,17 @@ def main(argv=None) -> dict:
     images = {}
     with _InverseTimer(coupling_module) as timer:
         for method in args.methods:
-            _set_method(flow, method)
+            _set_method(flow, method.split("+")[0])
+            flow.set_fast_nn("on" if method.endswith("+static") else "off")
+            if method.endswith("+static"):   # first call: trace + compile + check of each coupling network
+                t = time.perf_counter()
+                flow.inverse(z[:1]).numpy()
+                res.setdefault("static_build_s", time.perf_counter() - t)
             images[method], total, inner = _time_inverse(flow, z, timer, args.repeats)
             res["methods"][method] = {"end_to_end_s": total, "mixture_inverse_s": inner, "rest_s": total - inner}
             print(f"{method:10s} end-to-end {total:8.2f} s | mixture inverse {inner:8.2f} s | "
                   f"rest {total - inner:8.2f} s", flush=True)
+        flow.set_fast_nn("off")
         if args.truth:
             timer.float64 = True
             t = time.perf_counter()
@@ -148,26 +158,44 @@ def main(argv=None) -> dict:
             timer.nudge = np.random.default_rng(args.seed)
             nudged = flow.inverse(z).numpy()
             timer.nudge = None
+    if args.truth64:
+        import copy
+
+        flow64 = copy.deepcopy(flow)
+        flow64.to(dtype="float64")
+        _set_method(flow64, "fast")
+        t = time.perf_counter()
+        truth64 = flow64.inverse(z.astype("float64")).numpy()
+        res["truth64_s"] = time.perf_counter() - t
     res["load_avg_end"] = os.getloadavg()
 
     def diff(a, b):
         d = np.abs(a - b)
         return {"max": float(d.max()), "p99.9": float(np.percentile(d, 99.9)), "mean": float(d.mean())}
 
-    if "bisection" in images and "fast" in images:
-        ref, new = res["methods"]["bisection"], res["methods"]["fast"]
-        res["speedup_end_to_end"] = ref["end_to_end_s"] / new["end_to_end_s"]
-        res["speedup_mixture_inverse"] = ref["mixture_inverse_s"] / new["mixture_inverse_s"]
-        res["fast_vs_bisection"] = diff(images["fast"], images["bisection"])
-        print(f"speed-up: end-to-end {res['speedup_end_to_end']:.2f}x, "
-              f"mixture inverse only {res['speedup_mixture_inverse']:.1f}x")
-        print(f"max |fast - bisection| = {res['fast_vs_bisection']['max']:.2e} "
-              f"(99.9th pct {res['fast_vs_bisection']['p99.9']:.1e})")
+    if "bisection" in images:
+        ref = res["methods"]["bisection"]
+        for method in images:
+            if method == "bisection":
+                continue
+            new = res["methods"][method]
+            res[f"speedup_{method}"] = {"end_to_end": ref["end_to_end_s"] / new["end_to_end_s"],
+                                        "mixture_inverse": ref["mixture_inverse_s"] / new["mixture_inverse_s"]}
+            res[f"{method}_vs_bisection"] = diff(images[method], images["bisection"])
+            print(f"{method}: speed-up over bisection end-to-end {res[f'speedup_{method}']['end_to_end']:.2f}x, "
+                  f"mixture inverse only {res[f'speedup_{method}']['mixture_inverse']:.1f}x; max |{method} - "
+                  f"bisection| = {res[f'{method}_vs_bisection']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_bisection']['p99.9']:.1e})")
     if args.truth:
         for method, img in images.items():
             res[f"{method}_vs_truth"] = diff(img, truth)
             print(f"max |{method} - float64-inverse truth| = {res[f'{method}_vs_truth']['max']:.2e} "
                   f"(99.9th pct {res[f'{method}_vs_truth']['p99.9']:.1e})")
+    if args.truth64:
+        for method, img in images.items():
+            res[f"{method}_vs_truth64"] = diff(img, truth64)
+            print(f"max |{method} - float64-flow truth| = {res[f'{method}_vs_truth64']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_truth64']['p99.9']:.1e})")
     if "fast" in images:
         res["one_ulp_sensitivity"] = diff(nudged, images["fast"])
         print(f"noise floor: max |image change| when every coupling output moves by 1 ulp = "

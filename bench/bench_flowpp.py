@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -32,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-attn", action="store_true")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (after one warm-up)")
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
+    p.add_argument("--inverse-methods", nargs="+", default=["bisection", "fast"], choices=["bisection", "fast"])
+    p.add_argument("--nn-engines", nargs="+", default=["off", "auto"], choices=["off", "auto", "on"],
+                   help="Flow.fast_nn values to sample with (off = dygraph coupling networks)")
     p.add_argument("--sample-mode", choices=["eval", "train"], default="eval",
                    help="eval (generation) or train (as during CoopFlow training: dropout on)")
     return p.parse_args(argv)
@@ -66,24 +70,37 @@ def main(argv=None) -> dict:
     init_s = time.perf_counter() - t
 
     flow.train()
+    fwd, bwd = [], []
 
-    def train_step():
+    def train_step():   # dygraph on CPU is synchronous: the wall time around each call is its work
         flow.clear_gradients()
+        t = time.perf_counter()
         loss = flow.nll(x).mean()
+        t1 = time.perf_counter()
         loss.backward()
+        fwd.append(t1 - t)
+        bwd.append(time.perf_counter() - t1)
 
     fb = _timeit(train_step, args.repeats)
+    fwd, bwd = fwd[1:], bwd[1:]   # drop the warm-up
 
     flow.train() if args.sample_mode == "train" else flow.eval()
-
-    def sample():
-        flow.sample(args.samples).numpy()  # .numpy() forces completion
-
-    smp = _timeit(sample, args.repeats)
+    samples = {}
+    for method in args.inverse_methods:
+        for engine in args.nn_engines:
+            for m in flow.sublayers():
+                if hasattr(m, "inverse_method"):
+                    m.inverse_method = method
+            flow.set_fast_nn(engine)
+            smp = _timeit(lambda: flow.sample(args.samples).numpy(), args.repeats)  # .numpy(): completion
+            samples[f"{method}/nn:{engine}"] = round(float(np.median(smp)), 3)
     result = dict(threads=threads, params=n_params, batch=args.batch, samples=args.samples,
                   shape=[args.channels, args.size, args.size], data_init_s=round(init_s, 3),
+                  fwd_s=round(float(np.median(fwd)), 3), bwd_s=round(float(np.median(bwd)), 3),
                   fwd_bwd_s=round(float(np.median(fb)), 3), fwd_bwd_img_per_s=round(args.batch / np.median(fb), 2),
-                  sample_s=round(float(np.median(smp)), 3), sample_mode=args.sample_mode)
+                  sample_s=samples, sample_mode=args.sample_mode,
+                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                  load_avg=[round(v, 2) for v in os.getloadavg()])
     print(json.dumps(result))
     return result
 

@@ -41,18 +41,37 @@ def per_iteration(cfg, iters: int) -> dict:
     learner = CoopFlow(flow, ebm, build_flow_optimizer(flow, o.flow_lr), build_ebm_optimizer(ebm, o.ebm_lr),
                        CoopFlowOptions(n_steps=lg.n_steps, step_size=lg.step_size,
                                        test_step_size=lg.test_step_size))
+    learner.o.sample_flow_in_train_mode = cfg.Train.sample_flow_train_mode
+    flow.set_fast_nn(cfg.Flow.fast_nn)
     x = paddle.uniform(shape, min=-1, max=1)
     flow.data_init(x)
+    parts = {"propose": 0.0, "revise": 0.0}
+
+    def timed(name, fn):   # dygraph on CPU is synchronous: wall time around the call is the work
+        def run(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            parts[name] += time.perf_counter() - t
+            return out
+        return run
+
+    learner.propose, learner.revise = timed("propose", learner.propose), timed("revise", learner.revise)
     t0 = time.time()
     learner.train_step(x, 0, 0)
     warm = time.time() - t0
+    parts.update(propose=0.0, revise=0.0)
     times = []
     for i in range(iters):
         t0 = time.time()
         learner.train_step(paddle.uniform(shape, min=-1, max=1), 0, i + 1)
         times.append(time.time() - t0)
+    per = sum(times) / len(times)
     return {"batch": b, "T": lg.n_steps, "threads": threads, "fast_langevin": lg.fast,
-            "warmup_iter_s": round(warm, 3), "s_per_iter": round(sum(times) / len(times), 3),
+            "inverse_method": cfg.Flow.inverse_method, "fast_nn": cfg.Flow.fast_nn,
+            "flow_proposes_in_train_mode": cfg.Train.sample_flow_train_mode,
+            "warmup_iter_s": round(warm, 3), "s_per_iter": round(per, 3),
+            "flow_proposal_s": round(parts["propose"] / iters, 3), "langevin_s": round(parts["revise"] / iters, 3),
+            "updates_s": round(per - (parts["propose"] + parts["revise"]) / iters, 3),
             "iters": iters, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 

@@ -73,6 +73,9 @@ class FlowConfig:
     inverse_method: str = _f("fast", choices=("bisection", "fast"),
                              help="mixture-CDF inverse: 'fast' (safeguarded Newton, ~50x faster, closer to the "
                                   "exact inverse) or the reference 'bisection' ([T] constants) for parity")
+    fast_nn: str = _f("auto", choices=("auto", "on", "off"),
+                      help="coupling networks when sampling in eval mode: static-graph oneDNN programs ('auto': "
+                           "on CPU builds with oneDNN, checked against dygraph on first use) or dygraph ('off')")
     # 2-D toy flow (arch: flow2d)
     hidden: int = _f(64, min=1)
     num_layers: int = _f(8, min=1)

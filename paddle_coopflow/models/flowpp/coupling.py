@@ -32,12 +32,20 @@ class Coupling(nn.Layer):
         super().__init__()
         self.nn = NN(in_channels, mid_channels, num_blocks, num_components, drop_prob, use_attn, aux_channels)
         self.inverse_method = inverse_method
+        self.static_nn = None   # a fast_nn.StaticNN used for sampling (FlowPlusPlus.set_fast_nn); not a sublayer
+
+    def _conditioner(self, reverse: bool, aux):
+        """The network to run: its static copy when sampling (reverse, eval, no grad, dygraph, no aux)."""
+        if (reverse and self.static_nn is not None and aux is None and not self.training
+                and paddle.in_dynamic_mode() and not paddle.is_grad_enabled()):
+            return lambda x_id, _aux: self.static_nn(x_id)
+        return self.nn
 
     def forward(self, x: Pair, sldj: paddle.Tensor, reverse: bool = False,
                 aux: Optional[paddle.Tensor] = None) -> Tuple[Pair, paddle.Tensor]:
         """x: pair of [N, C, H, W]; sldj: [N]; aux: [N, A, H, W] or None."""
         x_change, x_id = x
-        a, b, pi, mu, log_s = self.nn(x_id, aux)
+        a, b, pi, mu, log_s = self._conditioner(reverse, aux)(x_id, aux)
         if reverse:
             v = x_change * paddle.exp(-a) - b
             y1 = paddle.clip(F.sigmoid(v), 1e-5, 1.0 - 1e-5)

@@ -111,11 +111,15 @@ class FlowPlusPlus(nn.Layer):
         drop_prob: Dropout2d and attention dropout.
         undo_bound: if True, `inverse` undoes the 0.9 logit bound exactly; else the reference 2 sigmoid(l) - 1.
         inverse_method: mixture-CDF inverse used when sampling; one of INV_CDF_METHODS.
+        fast_nn: coupling networks when sampling (eval mode, no grad): 'auto' = static-graph oneDNN programs
+            on CPU builds with oneDNN (checked against dygraph on first use, dygraph fallback), 'on' = always
+            (failures raise), 'off' = dygraph. See fast_nn.py.
     """
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
-                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection"):
+                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
+                 fast_nn: str = "off"):
         super().__init__()
         in_shape = tuple(int(v) for v in in_shape)
         scales = tuple((int(a), int(b)) for a, b in scales)
@@ -135,6 +139,19 @@ class FlowPlusPlus(nn.Layer):
         self.flows = FlowStep(scales, in_shape, dict(
             mid_channels=mid_channels, num_blocks=num_blocks, num_components=num_components,
             drop_prob=drop_prob, use_attn=use_attn, inverse_method=inverse_method))
+        self.set_fast_nn(fast_nn)
+
+    def set_fast_nn(self, mode: str) -> None:
+        """Engine of the main flow's coupling networks when sampling: 'auto', 'on' or 'off' (see class doc)."""
+        from . import fast_nn
+
+        if mode not in fast_nn.MODES:
+            raise ValueError(f"unknown Flow.fast_nn {mode!r}; choose one of {fast_nn.MODES}")
+        use = mode == "on" or (mode == "auto" and fast_nn.available())
+        for m in self.flows.sublayers():
+            if isinstance(m, Coupling):
+                m.static_nn = fast_nn.StaticNN(m.nn, mode) if use else None
+        self.fast_nn = mode
 
     @classmethod
     def from_config(cls, cfg: Any) -> "FlowPlusPlus":

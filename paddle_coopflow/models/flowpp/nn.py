@@ -93,6 +93,10 @@ def positional_encoding(seq_len: int, num_channels: int, dtype) -> paddle.Tensor
     return enc.unsqueeze(0)
 
 
+# Set by fast_nn while it traces a program (see GatedAttn._encoding).
+_PE_BUFFER_IN_PROGRAMS = [False]
+
+
 class GatedAttn(nn.Layer):
     """Multi-head self-attention over all pixels, then a WN-Linear GLU gate.
 
@@ -113,9 +117,29 @@ class GatedAttn(nn.Layer):
         n, length, c = t.shape
         return t.reshape([n, length, self.num_heads, c // self.num_heads]).transpose([0, 2, 1, 3])
 
+    def _encoding(self, length: int, dtype) -> paddle.Tensor:
+        """positional_encoding(length, d_model), kept as a non-persistable buffer (not in the state_dict).
+
+        Built in dygraph and reused; a static program reads the buffer like a parameter. (Computed inside
+        a program, the encoding comes out wrong under oneDNN: models/flowpp/fast_nn.py.)
+        """
+        pe = self._buffers.get("pos_enc")
+        if not paddle.in_dynamic_mode():
+            # Traced: use the buffer only for fast_nn's in-process programs; an exported program
+            # (jit.save) computes it in the graph, as it saves persistable variables only.
+            if _PE_BUFFER_IN_PROGRAMS[0] and pe is not None and pe.shape[1] == length and pe.dtype == dtype:
+                return pe
+            return positional_encoding(length, self.d_model, dtype)
+        if pe is not None and pe.shape[1] == length and pe.dtype == dtype:
+            return pe
+        with paddle.no_grad():
+            pe = positional_encoding(length, self.d_model, dtype)
+        self.register_buffer("pos_enc", pe, persistable=False)
+        return pe
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         n, h, w, c = x.shape
-        x = x.reshape([n, h * w, c]) + positional_encoding(h * w, c, x.dtype)
+        x = x.reshape([n, h * w, c]) + self._encoding(h * w, x.dtype)
         proj = self.in_proj(x)
         # Reference layout: first 2C outputs are "memory" = (k, v), last C are q.
         k, v, q = paddle.split(proj, [c, c, c], axis=-1)
