@@ -1,6 +1,6 @@
 """Static-graph export for Paddle Inference (PaddleClas / PaddleGAN style).
 
-Four programs, each with a dynamic batch axis and tensor inputs only (noise is an input, never
+Five programs, each with a dynamic batch axis and tensor inputs only (noise is an input, never
 drawn inside a graph), plus an ``infer_cfg.yml`` that describes them::
 
     flow_generator     z [N, C, H, W]                       -> x̂ = flow⁻¹(z)  [N, C, H, W] in [-1, 1]
