@@ -73,9 +73,10 @@ class FlowConfig:
     inverse_method: str = _f("fast", choices=("bisection", "fast"),
                              help="mixture-CDF inverse: 'fast' (safeguarded Newton, ~50x faster, closer to the "
                                   "exact inverse) or the reference 'bisection' ([T] constants) for parity")
-    fast_nn: str = _f("auto", choices=("auto", "on", "off"),
+    fast_nn: str = _f("off", choices=("auto", "on", "off"),
                       help="coupling networks when sampling in eval mode: static-graph oneDNN programs ('auto': "
-                           "on CPU builds with oneDNN, checked against dygraph on first use) or dygraph ('off')")
+                           "on CPU builds with oneDNN where checked and measured faster; ~2x faster paper-size "
+                           "sampling) or dygraph ('off', default: see docs/speed.md for the open crash)")
     # 2-D toy flow (arch: flow2d)
     hidden: int = _f(64, min=1)
     num_layers: int = _f(8, min=1)
@@ -356,6 +357,9 @@ def build_config(data: dict, sources: Optional[dict] = None) -> Config:
             if key not in fields:
                 raise ConfigError(f"unknown key '{sec}.{key}' in {src}" + _suggest(str(key), fields))
             where = f"{sec}.{key}={value!r} (from {src})"
+            choices = fields[key].metadata.get("choices") or ()
+            if isinstance(value, bool) and hints[key] is str and {"on", "off"} <= set(choices):
+                value = "on" if value else "off"   # YAML 1.1 reads on/off (and yes/no) as booleans
             value = _coerce(value, hints[key], where)
             if value is not None:
                 _check_range(value, fields[key].metadata, where)

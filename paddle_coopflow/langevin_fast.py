@@ -52,6 +52,10 @@ _state = {"mode": "off"}      # process default; the trainer sets it from Langev
 _logged = set()                # messages already logged (each one once per process)
 _log = logging.getLogger("paddle_coopflow.langevin_fast")
 _CACHE_ATTR = "_coopflow_fast_langevin"
+# Every program ever built stays referenced until the process ends (also candidates 'auto' did not keep):
+# to_static keys its executor cache on id()s, which a collected program frees for reuse. Processes that
+# build several models with fast programs still segfaulted now and then (docs/speed.md, open).
+_KEEP_ALIVE: list = []
 
 # Read when a program's executor is built (its first run). serial_run is kept from the PADDLE_NOTES
 # recipe; it made no measurable difference on the machine of docs/speed.md.
@@ -407,7 +411,9 @@ class FastLangevin:
         if layer.adjoint_inputs:
             spec = [spec[0], spec[1:] + [paddle.static.InputSpec(list(w.shape), w.dtype, f"adjoint_{i}")
                                          for i, w in enumerate(self._adjoint_weights())]]
-        return paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+        prog = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+        _KEEP_ALIVE.append(prog)
+        return prog
 
     def _run(self, entry, x, shift):
         """entry: (variant, static layer)."""

@@ -57,6 +57,14 @@ def test_out_of_range_and_choices():
         load_config(None, ["Langevin.image_clip=[1, -1]"])
 
 
+def test_on_off_switches_survive_yaml_booleans():
+    """YAML 1.1 reads `off`/`on` as booleans; the three-way switches take them as the strings they mean."""
+    cfg = load_config(None, ["Langevin.fast=off", "Flow.fast_nn=on"])
+    assert cfg.Langevin.fast == "off" and cfg.Flow.fast_nn == "on"
+    with pytest.raises(ConfigError, match="expected str"):
+        load_config(None, ["Flow.inverse_method=off"])   # no on/off choice there: still an error
+
+
 def test_roundtrip_dict():
     cfg = load_config(None, ["Global.seed=7"])
     assert config_from_dict(cfg.to_dict()) == cfg

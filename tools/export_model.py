@@ -3,8 +3,9 @@
     python tools/export_model.py -c configs/cifar10_t30.yaml --ckpt output/cifar10_t30/ckpt/best \\
         [-o Export.save_dir=inference/cifar10_t30] [-o Langevin.n_steps=30 ...]
 
-Writes flow_generator, energy, energy_grad and coopflow_sampler (each `<name>.json` + `<name>.pdiparams`
-under Paddle 3) and infer_cfg.yml into Export.save_dir (default: <Global.output_dir>/inference).
+Writes flow_generator, energy, energy_grad, coopflow_sampler and, for EBM_res, the grad-free
+langevin_step (each `<name>.json` + `<name>.pdiparams` under Paddle 3) and infer_cfg.yml into
+Export.save_dir (default: <Global.output_dir>/inference).
 Run them with deploy/python/infer.py. The config must describe the checkpoint's networks; a mismatch
 (e.g. another width) is reported in one line.
 """
@@ -25,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--ckpt", required=True, metavar="PREFIX",
                         help="checkpoint prefix, e.g. output/run/ckpt/latest (only PREFIX.pdparams is read)")
     parser.add_argument("--programs", nargs="+", default=None, metavar="NAME",
-                        help="subset of: flow_generator energy energy_grad coopflow_sampler (default: all)")
+                        help="subset of: flow_generator energy energy_grad coopflow_sampler langevin_step (default: all)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.override)
 

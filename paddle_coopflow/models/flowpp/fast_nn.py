@@ -17,7 +17,7 @@ What it takes care of, as `langevin_fast.FastLangevin` does for the Langevin ste
   logs one line and falls back to dygraph (mode 'auto') or raises (mode 'on').
 A oneDNN trap found on the way: the sinusoidal positional encoding computed inside the program
 (arange/sin/cos/concat) comes out wrong under oneDNN; `GatedAttn` therefore keeps it as a
-non-persistable buffer built in dygraph, which the program reads like a parameter.
+non-persistable buffer registered by this module, which its programs read like a parameter.
 
 The outputs agree with dygraph to float32 rounding (different kernels), not bit for bit: about 1e-6
 on the networks' outputs at the paper size. The flow amplifies such differences when sampling (a one-ulp
@@ -42,6 +42,10 @@ CPU_FLAGS = {"FLAGS_use_onednn": True}
 VERIFY_RTOL = 1e-4    # first-run check: max |static - dygraph| <= VERIFY_RTOL * (1 + max |dygraph|), per output
 _log = logging.getLogger("paddle_coopflow.fast_nn")
 _logged = set()
+# Every program ever built stays referenced until the process ends, also those not kept (dygraph was
+# faster, or the check failed): a collected to_static program made later runs of *other* programs
+# segfault in CreateOutputTensorsFromValue (reading freed pir::Values; ~1 in 8 processes, Paddle 3.3.1).
+_KEEP_ALIVE: list = []
 
 
 def available() -> bool:
@@ -117,13 +121,19 @@ class StaticNN:
 
     def _build(self, key, x):
         t0 = time.perf_counter()
-        ref = self.net(x)   # also builds GatedAttn's positional-encoding buffers before tracing
+        ref = self.net(x)
         t_dygraph = time.perf_counter() - t0
+        from .nn import GatedAttn
+
+        for m in self.net.sublayers():   # attention runs at the input's H x W (the convs keep the size)
+            if isinstance(m, GatedAttn):
+                m.use_encoding_buffer(int(x.shape[2]) * int(x.shape[3]), x.dtype)
         try:
             layer = _NNProgram(self.net)
             layer.training = False   # no backward appended to the program
             prog = paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None] + list(key[0]),
                                                                                    key[1], "x")], full_graph=True)
+            _KEEP_ALIVE.append(prog)
             from . import nn as nn_module
 
             nn_module._PE_BUFFER_IN_PROGRAMS[0] = True   # the first run traces the program

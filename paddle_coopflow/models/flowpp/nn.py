@@ -118,24 +118,22 @@ class GatedAttn(nn.Layer):
         return t.reshape([n, length, self.num_heads, c // self.num_heads]).transpose([0, 2, 1, 3])
 
     def _encoding(self, length: int, dtype) -> paddle.Tensor:
-        """positional_encoding(length, d_model), kept as a non-persistable buffer (not in the state_dict).
+        """positional_encoding(length, d_model); a buffer instead only inside fast_nn's static programs.
 
-        Built in dygraph and reused; a static program reads the buffer like a parameter. (Computed inside
-        a program, the encoding comes out wrong under oneDNN: models/flowpp/fast_nn.py.)
+        Computed inside a program, the encoding comes out wrong under oneDNN, so fast_nn registers it as a
+        non-persistable buffer (`use_encoding_buffer`) which its programs read like a parameter. Dygraph
+        and exported programs compute it as before.
         """
         pe = self._buffers.get("pos_enc")
-        if not paddle.in_dynamic_mode():
-            # Traced: use the buffer only for fast_nn's in-process programs; an exported program
-            # (jit.save) computes it in the graph, as it saves persistable variables only.
-            if _PE_BUFFER_IN_PROGRAMS[0] and pe is not None and pe.shape[1] == length and pe.dtype == dtype:
-                return pe
-            return positional_encoding(length, self.d_model, dtype)
-        if pe is not None and pe.shape[1] == length and pe.dtype == dtype:
+        if (_PE_BUFFER_IN_PROGRAMS[0] and not paddle.in_dynamic_mode() and pe is not None
+                and pe.shape[1] == length and pe.dtype == dtype):
             return pe
+        return positional_encoding(length, self.d_model, dtype)
+
+    def use_encoding_buffer(self, length: int, dtype) -> None:
+        """Register the encoding for `length` positions as a non-persistable buffer (not in the state_dict)."""
         with paddle.no_grad():
-            pe = positional_encoding(length, self.d_model, dtype)
-        self.register_buffer("pos_enc", pe, persistable=False)
-        return pe
+            self.register_buffer("pos_enc", positional_encoding(length, self.d_model, dtype), persistable=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         n, h, w, c = x.shape
