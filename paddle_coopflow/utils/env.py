@@ -19,7 +19,7 @@ def cpu_threads(requested: int = 0, world_size: int = 1) -> int:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)
-MALLOC_ENV = "PADDLE_COOPFLOW_MALLOC"    # set to "default" to leave glibc malloc alone
+MALLOC_ENV = "PADDLE_COOPFLOW_MALLOC"    # "keep" turns keep_freed_memory on; anything else leaves malloc alone
 
 
 def keep_freed_memory() -> bool:
@@ -29,10 +29,11 @@ def keep_freed_memory() -> bool:
     (at most 32 MB) with a fresh mmap and unmaps them on free, so every large activation (a Flow++
     attention matrix at batch 28 is 117 MB) page-faults in anew on each use. Measured on the machine
     of docs/speed.md: allocating and filling 117 MB 89 ms → 19 ms, softmax over it 253 → 135 ms.
-    The cost: the process keeps its peak heap. Linux/glibc only; a no-op elsewhere or when
-    PADDLE_COOPFLOW_MALLOC=default. Returns True if applied.
+    OPT-IN (PADDLE_COOPFLOW_MALLOC=keep): the process then keeps its peak heap, and its effect on peak
+    memory was not measured (paper-size Flow++ forward+backward at batch 28 exceeded 23 GiB and was
+    OOM-killed with and without it). Linux/glibc only. Returns True if applied.
     """
-    if os.environ.get(MALLOC_ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
+    if os.environ.get(MALLOC_ENV, "").lower() != "keep" or not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
@@ -44,8 +45,8 @@ def keep_freed_memory() -> bool:
 
 
 def setup_threads(requested: int = 0, world_size: int = 1) -> int:
-    """Set Paddle's CPU math-library threads (default: all cores, split over ranks) and keep freed
-    memory in the process (:func:`keep_freed_memory`)."""
+    """Set Paddle's CPU math-library threads (default: all cores, split over ranks); applies
+    :func:`keep_freed_memory` when PADDLE_COOPFLOW_MALLOC=keep."""
     import paddle
 
     keep_freed_memory()
