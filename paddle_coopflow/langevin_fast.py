@@ -79,10 +79,9 @@ def get_mode() -> str:
 def available() -> bool:
     """True on a CPU place of a build with oneDNN (the case measured). GPU places take the dygraph
     path (cuDNN) in mode 'auto': the static step was not measured there."""
-    try:
-        return bool(paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
-    except Exception:  # exotic builds without these entry points: play safe
-        return False
+    from .utils.env import onednn_cpu
+
+    return onednn_cpu()
 
 
 def enabled(mode: Optional[str] = None) -> bool:
@@ -135,9 +134,9 @@ def _adjoint_kernel(weight, scale: float = 1.0):
     return w if scale == 1.0 else w * scale
 
 
-def _conv_input_grad(conv, g, w_adj=None, scale: float = 1.0):
-    w = _adjoint_kernel(conv.weight, scale) if w_adj is None else w_adj
-    return F.conv2d(g, w, None, stride=1, padding=conv._padding)
+def _conv_input_grad(conv, g, w_adj):
+    # w_adj: the conv's kernel from res_adjoint_weights (transposed, flipped, scaled).
+    return F.conv2d(g, w_adj, None, stride=1, padding=conv._padding)
 
 
 # Per conv of `_res_convs`: conv1 1, conv2 and res 1/4 (the average pool after them, see _avgpool_input_grad).
@@ -191,7 +190,7 @@ def res_energy_and_grad(ebm: nn.Layer, x: paddle.Tensor,
     """
     layers = list(ebm.f)
     stem, blocks, head = layers[0], layers[2:-1], layers[-1]
-    adj = list(adjoint) if adjoint is not None else [None] * (3 * len(blocks) + 1) + [None]
+    adj = list(adjoint) if adjoint is not None else res_adjoint_weights(ebm)
     c0 = _conv(stem, x)
     a0, s0 = _swish(c0)
     a = a0
@@ -207,14 +206,13 @@ def res_energy_and_grad(ebm: nn.Layer, x: paddle.Tensor,
         a = F.avg_pool2d(ah + ar, kernel_size=2, stride=2)
     f = paddle.reshape(_conv(head, a), [0, -1]).sum(axis=1)
     # The head maps [N, C, k, k] to [N, 100, 1, 1] and f sums it: ∂f/∂a = Σ_o W_head[o] for every sample.
-    w_head = head.weight.sum(axis=0, keepdim=True) if adj[-1] is None else adj[-1]
-    g = paddle.expand_as(w_head, a)
+    g = paddle.expand_as(adj[-1], a)
     for i in reversed(range(len(saved))):
         b, a1, s1, ah, sh, ar, sr = saved[i]
         w1, w2, wr = adj[1 + 3 * i: 4 + 3 * i]
         gp = _avgpool_input_grad(g)
-        g_c1 = _conv_input_grad(b.conv2, gp * _dswish(ah, sh), w2, 0.25) * _dswish(a1, s1)
-        g = _conv_input_grad(b.conv1, g_c1, w1) + _conv_input_grad(b.res, gp * _dswish(ar, sr), wr, 0.25)
+        g_c1 = _conv_input_grad(b.conv2, gp * _dswish(ah, sh), w2) * _dswish(a1, s1)
+        g = _conv_input_grad(b.conv1, g_c1, w1) + _conv_input_grad(b.res, gp * _dswish(ar, sr), wr)
     return f, _conv_input_grad(stem, g * _dswish(a0, s0), adj[0])
 
 
@@ -222,21 +220,18 @@ class _StepProgram(nn.Layer):
     """One Langevin step as a layer to convert with to_static (a wrapper: the EBM itself stays dygraph).
 
     Constants (step size, clips) are baked in; `shift` is the noise term σ_noise·s·ε or absent.
-    Call: x [N, ...] (, shift [N, ...]) (, *res_adjoint_weights(ebm) if adjoint_inputs)
-          → (x_next [N, ...], f [N], drift [N, ...]).
-    adjoint_inputs ('manual' only): the weight-only factors of ∇ₓf are inputs, computed once per chain
-    by the caller, instead of being recomputed inside every step.
+    Call: x [N, ...] (, shift [N, ...]) → (x_next [N, ...], f [N], drift [N, ...]).
+    The 'manual' variant derives the weight-only factors of ∇ₓf inside; `_AdjointStepProgram` takes them
+    as inputs instead (computed once per chain by the caller).
     """
 
     def __init__(self, ebm: nn.Layer, step_size: float, delta_clip: Optional[float],
-                 image_clip: Optional[Tuple[float, float]], with_noise: bool, variant: str,
-                 adjoint_inputs: bool = False):
+                 image_clip: Optional[Tuple[float, float]], with_noise: bool, variant: str):
         super().__init__()
         self.ebm = ebm
         self.coef = 0.5 * float(step_size) * float(step_size)
         self.delta_clip, self.image_clip = delta_clip, image_clip
         self.with_noise, self.manual = with_noise, variant == "manual"
-        self.adjoint_inputs = bool(adjoint_inputs) and self.manual
 
     def forward(self, x, shift=None):
         return self._step(x, shift, None)
@@ -262,7 +257,7 @@ class _StepProgram(nn.Layer):
 
 
 class _AdjointStepProgram(_StepProgram):
-    """_StepProgram with adjoint_inputs: call (x, extra) with extra = [shift] + res_adjoint_weights(ebm), or
+    """'manual' _StepProgram with the factors as inputs: call (x, extra) with extra = [shift] + res_adjoint_weights(ebm), or
     the adjoint weights alone without noise (to_static needs a fixed signature; a list input holds them)."""
 
     def forward(self, x, extra):
@@ -401,14 +396,14 @@ class FastLangevin:
     def _compile(self, key: tuple, variant: str):
         shape, dtype, step_size, delta_clip, clip, with_noise, _ = key
         cls = _AdjointStepProgram if variant == "manual" else _StepProgram
-        layer = cls(self.ebm, step_size, delta_clip, clip, with_noise, variant, adjoint_inputs=variant == "manual")
+        layer = cls(self.ebm, step_size, delta_clip, clip, with_noise, variant)
         # Only the wrapper's flag matters: training=False keeps to_static from appending a backward over
         # the program (a double grad of swish). .eval() would also flip the EBM, so set it directly.
         layer.training = False
         spec = [paddle.static.InputSpec([None] + list(shape), dtype, "x")]
         if with_noise:
             spec.append(paddle.static.InputSpec([None] + list(shape), dtype, "shift"))
-        if layer.adjoint_inputs:
+        if variant == "manual":
             spec = [spec[0], spec[1:] + [paddle.static.InputSpec(list(w.shape), w.dtype, f"adjoint_{i}")
                                          for i, w in enumerate(self._adjoint_weights())]]
         prog = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)

@@ -59,6 +59,17 @@ def setup_threads(requested: int = 0, world_size: int = 1) -> int:
     return n
 
 
+def onednn_cpu() -> bool:
+    """True on a CPU place of a Paddle build with oneDNN: where the static oneDNN programs were measured
+    (langevin_fast, models/flowpp/fast_nn)."""
+    import paddle
+
+    try:
+        return bool(paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
+    except Exception:  # exotic builds without these entry points: play safe
+        return False
+
+
 def resolve_device(device: str = "auto") -> str:
     """'auto' → 'gpu' when Paddle is compiled with CUDA, else 'cpu'. Sets it."""
     import paddle

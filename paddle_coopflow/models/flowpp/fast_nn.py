@@ -50,10 +50,9 @@ _KEEP_ALIVE: list = []
 
 def available() -> bool:
     """True on a CPU place of a build with oneDNN (where it was measured). GPU places use dygraph (cuDNN)."""
-    try:
-        return bool(paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
-    except Exception:  # exotic builds without these entry points
-        return False
+    from ...utils.env import onednn_cpu
+
+    return onednn_cpu()
 
 
 def _warn_once(msg: str) -> None:
