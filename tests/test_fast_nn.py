@@ -1,20 +1,120 @@
-"""Runs tests/fast_nn_cases.py (static oneDNN coupling networks) in a fresh interpreter.
+"""Static-graph (oneDNN) coupling networks for sampling (models/flowpp/fast_nn.py).
 
-In-process, after other test modules have built and run static programs (test_export's
-predictors, fast-Langevin programs), building more to_static programs segfaulted now and then
-(Paddle 3.3.1; docs/speed.md). The cases pass on their own, which is how Flow.fast_nn is used: one
-model per sampling process. A crash or failure in the subprocess fails this test.
+References are independent of the static path: the dygraph network, and the dygraph *forward* flow,
+which must map the statically sampled images back to their z.
 """
-import os
-import subprocess
-import sys
+import copy
+import logging
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import paddle
+import pytest
+
+from paddle_coopflow.models.flowpp import FlowPlusPlus, data_init
+from paddle_coopflow.models.flowpp import fast_nn
+from paddle_coopflow.models.flowpp.coupling import Coupling
+from paddle_coopflow.models.flowpp.nn import NN
+
+pytestmark = pytest.mark.skipif(not fast_nn.available(), reason="needs a CPU Paddle build with oneDNN")
 
 
-def test_fast_nn_cases_in_a_fresh_process():
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
-                        os.path.join(ROOT, "tests", "fast_nn_cases.py")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert " passed" in r.stdout and "5 passed" in r.stdout, r.stdout[-1000:]
+def _rel_maxdiff(out, ref):
+    return max(float(np.abs(o.numpy() - r.numpy()).max()) / (1.0 + float(np.abs(r.numpy()).max()))
+               for o, r in zip(out, ref))
+
+
+def test_static_network_equals_dygraph_dynamic_batch_and_sees_weight_updates():
+    paddle.seed(0)
+    net = NN(3, 8, 2, 4, 0.2, True)
+    net.eval()
+    snn = fast_nn.StaticNN(net, "on")
+    opt = paddle.optimizer.Adam(0.05, parameters=net.parameters())
+    for n in (1, 5):                                   # one program, two batch sizes
+        x = paddle.randn([n, 3, 8, 4])
+        with paddle.no_grad():
+            snn(x)                                     # first call of the key builds (returns dygraph)
+            got, ref = snn(x), net(x)
+        assert _rel_maxdiff(got, ref) <= 1e-5
+    assert snn.n_compiled == 1 and list(snn.chosen().values()) == ["static"]
+    before = [o.numpy() for o in got]
+    net.train()
+    sum(o.mean() for o in net(paddle.randn([2, 3, 8, 4]))).backward()
+    opt.step()
+    net.eval()
+    with paddle.no_grad():
+        got2, ref2 = snn(x), net(x)
+    assert _rel_maxdiff(got2, ref2) <= 1e-5
+    assert max(float(np.abs(a.numpy() - b).max()) for a, b in zip(got2, before)) > 1e-3   # new weights used
+    assert snn.n_compiled == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_flow():
+    paddle.seed(1)
+    flow = FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=8, num_blocks=1, num_components=4,
+                        num_dequant_blocks=0, inverse_method="fast")
+    data_init(flow, paddle.rand([8, 3, 8, 8]) * 2 - 1)
+    flow.eval()
+    return flow
+
+
+def test_sampling_with_static_networks_inverts_the_dygraph_forward(tiny_flow):
+    """z = forward(l) in dygraph, then the inverse with static networks must give l back (float32 round trip)."""
+    flow = copy.deepcopy(tiny_flow)
+    y = paddle.to_tensor(np.random.RandomState(0).uniform(0.0, 1.0, (6, 3, 8, 8)).astype("float32"))
+    zero = paddle.zeros([6])
+    with paddle.no_grad():
+        l, _ = flow.to_logits(y, zero)                 # logits of images, where the flow was initialised
+        z, _ = flow.flows(l, zero)                     # dygraph forward
+        flow.set_fast_nn("on")
+        flow.flows(z, zero, reverse=True)              # builds and checks every coupling network
+        l_back, _ = flow.flows(z, zero, reverse=True)  # inverse with the static networks
+    couplings = [m for m in flow.flows.sublayers() if isinstance(m, Coupling)]
+    assert all(list(c.static_nn.chosen().values()) == ["static"] for c in couplings)
+    assert float((l_back - l).abs().max()) <= 1e-3
+
+
+def test_static_networks_only_when_sampling_in_eval_without_grad(tiny_flow, monkeypatch):
+    flow = copy.deepcopy(tiny_flow)
+    flow.set_fast_nn("on")
+    calls = []
+    monkeypatch.setattr(fast_nn.StaticNN, "__call__", lambda self, x: calls.append(1) or self.net(x))
+    z = paddle.randn([2, 3, 8, 8])
+    flow.inverse(z)
+    n_eval = len(calls)
+    assert n_eval == len([m for m in flow.flows.sublayers() if isinstance(m, Coupling)])
+    flow.train()
+    flow.inverse(z)                                    # train mode (dropout on): dygraph
+    flow.eval()
+    flow(paddle.rand([2, 3, 8, 8]) * 2 - 1)            # density path: dygraph
+    assert len(calls) == n_eval
+
+
+def test_positional_encoding_buffer_stays_out_of_the_state_dict(tiny_flow):
+    flow = copy.deepcopy(tiny_flow)
+    keys = set(flow.state_dict())
+    flow.inverse(paddle.randn([1, 3, 8, 8]))
+    assert set(flow.state_dict()) == keys and not any("pos_enc" in k for k in keys)
+
+
+def test_failure_falls_back_in_auto_and_raises_in_on(monkeypatch, caplog):
+    paddle.seed(2)
+    net = NN(3, 8, 1, 2, 0.0, False)
+    net.eval()
+    x = paddle.randn([2, 3, 4, 4])
+
+    def broken(*a, **k):
+        raise RuntimeError("no static graph today")
+
+    monkeypatch.setattr(paddle.jit, "to_static", broken)
+    with paddle.no_grad():
+        snn = fast_nn.StaticNN(net, "auto")
+        with caplog.at_level(logging.WARNING, logger="paddle_coopflow.fast_nn"):
+            out = snn(x)
+            out = snn(x)
+        assert _rel_maxdiff(out, net(x)) == 0.0 and list(snn.chosen().values()) == ["dygraph"]
+        assert "using dygraph" in caplog.text
+        with pytest.raises(RuntimeError, match="Flow.fast_nn"):
+            fast_nn.StaticNN(net, "on")(x)
+    with pytest.raises(ValueError, match="fast_nn"):
+        FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=4, num_blocks=1, num_components=2, fast_nn="yes")
