@@ -6,15 +6,21 @@ frozen (no weight gradients), can be faster (PADDLE_NOTES §6). The loop over T 
 in-graph `while_loop` segfaults with oneDNN) and the EBM weight update stays in dygraph (a static
 program with weight gradients segfaults with oneDNN).
 
-Two program variants, because which one is fastest depends on the CPU (docs/speed.md):
-- 'autograd': ∇ₓf by `paddle.grad` inside the program; works for any EBM.
+Two program variants (docs/speed.md):
 - 'manual' (EBMRes only): ∇ₓf written out with forward ops only (a 3×3 conv's input gradient is a
-  3×3 conv with the transposed, flipped kernel; avg-pool's is a 2× repeat / 4). On CPUs where oneDNN
-  picks NHWC brgemm kernels for forward convs and blocked kernels for backward ones (the Intel Xeon
-  with AMX this was measured on), the autograd program multiplies tensors of mixed layouts and oneDNN
-  falls back to its slow reference kernels; the manual program avoids this (1.8x faster there).
-In mode 'auto' the first call of each program key times the candidates and the dygraph step and keeps
-the fastest (one log line); the dygraph step stays a candidate, so the fast path is never slower.
+  3×3 conv with the transposed, flipped kernel; avg-pool's is a 2× repeat / 4), run with oneDNN. On
+  CPUs where oneDNN picks NHWC brgemm kernels for forward convs and blocked kernels for backward ones
+  (the Intel Xeon with AMX this was measured on), a program with backward convs multiplies tensors of
+  mixed layouts and oneDNN falls back to its slow reference kernels; the manual program avoids this
+  (1.8x faster there than 'autograd' with oneDNN).
+- 'autograd': ∇ₓf by `paddle.grad` inside the program; works for any EBM. **Opt-in only**
+  (`FastLangevin(..., variant='autograd')`, bench/bench_langevin.py): a program with `paddle.grad`
+  inside crashed the process now and then (Paddle 3.3.1, SIGSEGV): 2 of 30 runs of
+  test_langevin_fast with oneDNN and 1 of 30 without, each time in an autograd test; CI crashed in a
+  Trainer whose 'auto' built it. It runs without oneDNN, and on this CPU it was slower than dygraph.
+In modes 'auto' and 'on' the first call of each program key builds 'manual' (EBM_res; any other EBM
+uses the dygraph step, or raises in 'on'); 'auto' times it against the dygraph step and keeps the
+faster (one log line), so the fast path is never slower.
 
 :func:`make_langevin_step` returns a drop-in for `langevin.langevin_step` (same arguments, same
 results to float rounding) for the non-differentiable chain. What it takes care of:
@@ -273,7 +279,7 @@ class FastLangevin:
             and set_state_dict are fine; replacing a parameter tensor triggers a rebuild).
         strict: never use the dygraph step; raise on failure (mode 'on').
         verify: compare the first run of each program with the dygraph step.
-        cpu_flags: set :data:`CPU_FLAGS` around the static calls (None: when available()).
+        cpu_flags: set :data:`CPU_FLAGS` around the 'manual' program's calls (None: when available()).
         variant: 'auto' (time the candidates on first use, keep the fastest), 'manual', 'autograd'.
     """
 
@@ -365,7 +371,13 @@ class FastLangevin:
         if self.variant != "auto":
             names = [self.variant]
         else:
-            names = (["manual"] if supports_manual(self.ebm) else []) + ["autograd"]
+            names = ["manual"] if supports_manual(self.ebm) else []
+            if not names:   # 'autograd' is opt-in only (module doc): dygraph for every other EBM
+                msg = (f"fast Langevin: no static step for {type(self.ebm).__name__} (only EBM_res has the "
+                       f"hand-written gradient; the paddle.grad program crashes Paddle 3.3.1 now and then)")
+                if self.strict:
+                    raise RuntimeError(msg + "; set Langevin.fast=auto or off")
+                _warn_once(msg + "; using the dygraph step", logging.INFO)
         built = {}
         for name in names:
             try:
@@ -418,12 +430,13 @@ class FastLangevin:
             inputs = [x, inputs[1:] + self._adjoint_weights()]
         params = self.ebm.parameters()
         saved = [p.stop_gradient for p in params]
-        old_flags = paddle.get_flags(list(self.flags)) if self.flags else {}
+        flags = self.flags if variant == "manual" else {}   # 'autograd' never with oneDNN (module doc)
+        old_flags = paddle.get_flags(list(flags)) if flags else {}
         try:
             for p in params:
                 p.stop_gradient = True      # the program then computes no weight gradients
-            if self.flags:
-                paddle.set_flags(self.flags)
+            if flags:
+                paddle.set_flags(flags)
             with paddle.set_grad_enabled(True):
                 out = prog(*inputs)
         finally:
