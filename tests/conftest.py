@@ -13,7 +13,8 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 import pytest  # noqa: E402
 
 # Each test module runs in its own interpreter (see tests/_isolation.py); --in-process turns it off.
-from _isolation import pytest_addoption, pytest_runtest_logreport, pytest_runtest_protocol  # noqa: E402,F401
+from _isolation import (pytest_addoption, pytest_runtest_logreport, pytest_runtest_protocol,  # noqa: E402,F401
+                        pytest_terminal_summary)
 
 
 @pytest.fixture(autouse=True)

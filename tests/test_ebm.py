@@ -43,7 +43,9 @@ def test_output_is_sum_of_100_head_channels():
     x = paddle.rand([2, 3, 32, 32])
     head = m.f(x)
     assert head.shape == [2, 100, 1, 1]
-    np.testing.assert_allclose(m(x).numpy(), head.numpy().reshape(2, 100).sum(1), rtol=1e-5)
+    terms = head.numpy().reshape(2, 100).astype(np.float64)
+    # float64 reference; the sum nearly cancels, so the bound is float32 rounding of the terms' magnitude
+    np.testing.assert_allclose(m(x).numpy(), terms.sum(1), rtol=0, atol=1e-5 * np.abs(terms).sum(1).max())
 
 
 def test_pytorch_default_init_bounds():
