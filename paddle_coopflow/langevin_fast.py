@@ -255,11 +255,14 @@ class _StepProgram(nn.Layer):
         x_next = xg.detach() + step
         if self.with_noise:
             x_next = x_next + shift
-        # Always end in a clip: with oneDNN, a program whose output comes straight from an add (or
-        # scale) segfaults or fails with "dst_tensor shall be defined" (measured, Paddle 3.3.1).
-        # clip(±inf) is the identity, so "no image clip" stays exact.
+        # Every output ends in .detach() (pd_op.share_data_). Why: on the first run under oneDNN, Paddle
+        # 3.3.1 rewrites the forward program *in place*, replacing each pd_op with an onednn_op, while
+        # run_program keeps the original output values to create the output tensors: an output produced
+        # by a replaced op (clip, add, scale, sum...) is then read from freed memory (a segfault now and
+        # then, or "dst_tensor shall be defined"). share_data_ has no oneDNN kernel and is not replaced
+        # (tests/test_langevin_fast.py checks the output ops survive the first run).
         lo, hi = self.image_clip if self.image_clip is not None else (-math.inf, math.inf)
-        return paddle.clip(x_next, lo, hi), f.detach(), drift.detach()
+        return paddle.clip(x_next, lo, hi).detach(), f.detach(), drift.detach()
 
 
 class _AdjointStepProgram(_StepProgram):

@@ -53,6 +53,22 @@ def test_static_network_equals_dygraph_dynamic_batch_and_sees_weight_updates():
     assert snn.n_compiled == 1
 
 
+def test_output_ops_survive_the_onednn_rewrite():
+    """Each network output must come from an op the in-place oneDNN rewrite keeps (see the same test in
+    test_langevin_fast.py: an output of a replaced op is read from freed memory)."""
+    from test_langevin_fast import program_output_ops
+
+    paddle.seed(0)
+    net = NN(3, 8, 2, 4, 0.2, True)
+    net.eval()
+    snn = fast_nn.StaticNN(net, "on")
+    with paddle.no_grad():
+        snn(paddle.randn([2, 3, 8, 4]))
+    (prog,) = [p for p in snn._programs.values() if p is not None]
+    for outputs, rewritten in program_output_ops(prog):
+        assert rewritten and outputs and all(name == "pd_op.share_data_" for name, _ in outputs), outputs
+
+
 @pytest.fixture(scope="module")
 def tiny_flow():
     paddle.seed(1)

@@ -118,6 +118,35 @@ def check_equals_dygraph_with_weight_update(ebm, variant):
     assert fast.n_compiled == 1                  # same program, new weights
 
 
+def program_output_ops(static_layer):
+    """(op name, op id) of every op whose result a cached program of `static_layer` returns, per program.
+    Reads to_static's program cache (private API; Paddle 3.3.1)."""
+    found = []
+    for _, (_, partial) in static_layer.forward._program_cache._caches.items():
+        prog = partial.infer_program.forward_program
+        ops = [op.operand_source(0).get_defining_op() for op in prog.global_block().ops
+               if op.name() == "builtin.shadow_output"]
+        found.append(([(op.name(), op.id()) for op in ops],
+                      any(op.name().startswith("onednn_op.") for op in prog.global_block().ops)))
+    return found
+
+
+def test_output_ops_survive_the_onednn_rewrite(ebm):
+    """Under oneDNN the first run replaces the program's pd_ops by onednn_ops in place, while run_program keeps
+    the original output values: an output made by a replaced op is read from freed memory (the intermittent
+    segfault; before the fix output 0 came from a replaced clip). Every output must come from an op that is
+    not replaced: pd_op.share_data_ (.detach())."""
+    if not lf.available():
+        pytest.skip("needs a CPU Paddle build with oneDNN")
+    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    fast.step(_x(3, 4), *CLIPS)                                 # builds, checks and runs the program
+    fast.step(_x(3, 4), 2.0, 0.02, None, None, 0.5)             # no image clip, noise input
+    for variant, layer in fast._programs.values():
+        for outputs, rewritten in program_output_ops(layer):
+            assert rewritten, "no onednn_op in the program: the check would be blind"
+            assert len(outputs) == 3 and all(name == "pd_op.share_data_" for name, _ in outputs), outputs
+
+
 def test_chain_scope_computes_weight_factors_once_per_chain(ebm, monkeypatch):
     """Inside fast.chain() the manual step reuses its weight-only factors; a new chain sees new weights."""
     ebm = copy.deepcopy(ebm)

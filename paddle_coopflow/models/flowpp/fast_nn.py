@@ -27,7 +27,6 @@ that level between the two engines; neither is more accurate.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Dict, Optional, Tuple
 
@@ -69,10 +68,10 @@ class _NNProgram(nn.Layer):
         self.net = net
 
     def forward(self, x):
-        # Every output passes through a clip to ±inf (the identity): under oneDNN, a program output that comes
-        # straight from an elementwise op (here a = rescale(tanh(.)), a multiply) fails with "dst_tensor
-        # shall be defined" or segfaults (Paddle 3.3.1; the Langevin step has the same guard).
-        return tuple(paddle.clip(o, -math.inf, math.inf) for o in self.net(x))
+        # Every output ends in .detach() (pd_op.share_data_): under oneDNN, Paddle 3.3.1 replaces the
+        # program's pd_ops by onednn_ops in place on the first run, and an output produced by a replaced op
+        # is read from freed memory (segfault now and then; see langevin_fast._StepProgram._step).
+        return tuple(o.detach() for o in self.net(x))
 
 
 class StaticNN:
