@@ -104,9 +104,9 @@ class LangevinConfig:
     noise: str = _f("none", choices=("none", "constant", "decay"))
     noise_std: float = _f(1.0, min=0.0, help="noise = noise_std * s * eps (eq. 3)")
     noise_decay_K: float = _f(30.0, min=1e-9, help="eq. (10): max(1 - epoch/K, 0)^20")
-    fast: str = _f("off", choices=("auto", "on", "off"),
-                   help="static-graph oneDNN Langevin step (EBM_res; ~2x faster on CPU); off by default: it "
-                        "segfaults Paddle 3.3.1 now and then (docs/speed.md)")
+    fast: str = _f("auto", choices=("auto", "on", "off"),
+                   help="static-graph oneDNN Langevin step (EBM_res; ~2x faster on CPU; auto keeps it where "
+                        "measured faster than dygraph)")
 
 
 @dataclass
