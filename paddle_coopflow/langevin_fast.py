@@ -15,9 +15,9 @@ Two program variants (docs/speed.md):
   (1.8x faster there than 'autograd' with oneDNN).
 - 'autograd': ∇ₓf by `paddle.grad` inside the program; works for any EBM. **Opt-in only**
   (`FastLangevin(..., variant='autograd')`, bench/bench_langevin.py): a program with `paddle.grad`
-  inside crashed the process now and then (Paddle 3.3.1, SIGSEGV): 2 of 30 runs of
-  test_langevin_fast with oneDNN and 1 of 30 without, each time in an autograd test; CI crashed in a
-  Trainer whose 'auto' built it. It runs without oneDNN, and on this CPU it was slower than dygraph.
+  inside crashed the process now and then (Paddle 3.3.1, SIGSEGV; the cause, shared with 'manual', was
+  an output op replaced by the oneDNN rewrite and is fixed in `_StepProgram._step`). It runs without
+  oneDNN, and on this CPU it was slower than dygraph, so 'auto' does not build it.
 In modes 'auto' and 'on' the first call of each program key builds 'manual' (EBM_res; any other EBM
 uses the dygraph step, or raises in 'on'); 'auto' times it against the dygraph step and keeps the
 faster (one log line), so the fast path is never slower.
@@ -58,9 +58,10 @@ _state = {"mode": "off"}      # process default; the trainer sets it from Langev
 _logged = set()                # messages already logged (each one once per process)
 _log = logging.getLogger("paddle_coopflow.langevin_fast")
 _CACHE_ATTR = "_coopflow_fast_langevin"
-# Every program ever built stays referenced until the process ends (also candidates 'auto' did not keep):
-# to_static keys its executor cache on id()s, which a collected program frees for reuse. Processes that
-# build several models with fast programs still segfaulted now and then (docs/speed.md, open).
+# Every program ever built stays referenced until the process ends (also candidates 'auto' did not keep).
+# Added against an intermittent segfault before its cause was known (an output op replaced by the oneDNN
+# rewrite, see _StepProgram._step); kept as a precaution: a collected program's executor-cache entries
+# (keyed by id()s) stay behind in Paddle. Costs the memory of the EBMs they reference.
 _KEEP_ALIVE: list = []
 
 # Read when a program's executor is built (its first run). serial_run is kept from the PADDLE_NOTES
@@ -377,7 +378,7 @@ class FastLangevin:
             names = ["manual"] if supports_manual(self.ebm) else []
             if not names:   # 'autograd' is opt-in only (module doc): dygraph for every other EBM
                 msg = (f"fast Langevin: no static step for {type(self.ebm).__name__} (only EBM_res has the "
-                       f"hand-written gradient; the paddle.grad program crashes Paddle 3.3.1 now and then)")
+                       f"hand-written gradient; the paddle.grad program is opt-in, variant='autograd')")
                 if self.strict:
                     raise RuntimeError(msg + "; set Langevin.fast=auto or off")
                 _warn_once(msg + "; using the dygraph step", logging.INFO)

@@ -75,6 +75,8 @@ class _ModuleRunner:
                 # Killed by a signal (the Paddle segfault): once more, for the tests it did not finish.
                 # Wrong numbers are never retried; a second crash fails them. Listed in the summary.
                 todo = [i for i in group if not any(r["when"] == "teardown" for r in self.results.get(i, []))]
+                if not todo:       # died after its last test: nothing to rerun (no ids = the whole suite)
+                    continue
                 for i in todo:
                     self.results.pop(i, None)
                     self.crash.pop(i, None)
@@ -92,17 +94,18 @@ class _ModuleRunner:
             r = subprocess.run(cmd, cwd=str(self.config.rootpath), env=env, capture_output=True,
                                text=True, timeout=_CHILD_TIMEOUT)
             status, output = r.returncode, r.stdout + r.stderr
-        except subprocess.TimeoutExpired as e:
-            status, output = f"timeout after {_CHILD_TIMEOUT} s", f"{e.stdout or ''}{e.stderr or ''}"
+        except subprocess.TimeoutExpired as e:   # its stdout/stderr are bytes even with text=True
+            status = f"timeout after {_CHILD_TIMEOUT} s"
+            output = "".join(b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+                             for b in (e.stdout, e.stderr))
         with open(out_path, encoding="utf-8") as f:
             for line in f:
                 rec = json.loads(line)
                 self.results.setdefault(rec["nodeid"], []).append(rec)
         os.unlink(out_path)
         if status not in (0, 1):   # 1 = some tests failed, reported per test
-            tail = output if isinstance(output, str) else output.decode(errors="replace")
             msg = (f"the child interpreter running {os.path.basename(path)} ended with status {status} "
-                   f"before this test finished; its output ends:\n{tail[-4000:]}")
+                   f"before this test finished; its output ends:\n{output[-4000:]}")
             for nodeid in ids:
                 self.crash[nodeid] = msg
         return isinstance(status, int) and status < 0

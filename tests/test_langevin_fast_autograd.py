@@ -4,20 +4,11 @@ Its own module, so its one program runs in a fresh interpreter: programs with pa
 crashed Paddle 3.3.1 now and then in processes that had built several (langevin_fast module doc).
 """
 import paddle
-import pytest
 
 from paddle_coopflow import langevin_fast as lf
 from paddle_coopflow.models.ebm import EBMRes
 
 from test_langevin_fast import CLIPS, _x, check_equals_dygraph_with_weight_update
-
-
-@pytest.fixture(autouse=True)
-def _mode_off():
-    old = lf.get_mode()
-    lf.set_mode("off")
-    yield
-    lf.set_mode(old)
 
 
 def test_autograd_variant_equals_dygraph_without_onednn(monkeypatch):

@@ -42,8 +42,8 @@ VERIFY_RTOL = 1e-4    # first-run check: max |static - dygraph| <= VERIFY_RTOL *
 _log = logging.getLogger("paddle_coopflow.fast_nn")
 _logged = set()
 # Every program ever built stays referenced until the process ends, also those not kept (dygraph was
-# faster, or the check failed): a collected to_static program made later runs of *other* programs
-# segfault in CreateOutputTensorsFromValue (reading freed pir::Values; ~1 in 8 processes, Paddle 3.3.1).
+# faster, or the check failed). Added against an intermittent segfault before its cause was known (an
+# output op replaced by the oneDNN rewrite, see _NNProgram.forward); kept as in langevin_fast._KEEP_ALIVE.
 _KEEP_ALIVE: list = []
 
 
