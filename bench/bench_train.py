@@ -32,7 +32,7 @@ def per_iteration(cfg, iters: int) -> dict:
     from paddle_coopflow.utils.env import seed_everything, setup_threads
 
     threads = setup_threads(cfg.Global.threads)
-    langevin_fast.set_mode(cfg.Langevin.fast)
+    langevin_fast.set_mode(langevin_fast.mode_for_engine(cfg.Langevin.engine))
     seed_everything(0)
     flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
     b = cfg.Train.batch_size
@@ -42,7 +42,7 @@ def per_iteration(cfg, iters: int) -> dict:
                        CoopFlowOptions(n_steps=lg.n_steps, step_size=lg.step_size,
                                        test_step_size=lg.test_step_size))
     learner.o.sample_flow_in_train_mode = cfg.Train.sample_flow_train_mode
-    flow.set_fast_nn(cfg.Flow.fast_nn)
+    flow.set_fast_nn({"static": "on", "dygraph": "off"}.get(cfg.Flow.coupling_engine, "auto"))
     x = paddle.uniform(shape, min=-1, max=1)
     flow.data_init(x)
     parts = {"propose": 0.0, "revise": 0.0}
@@ -66,8 +66,8 @@ def per_iteration(cfg, iters: int) -> dict:
         learner.train_step(paddle.uniform(shape, min=-1, max=1), 0, i + 1)
         times.append(time.time() - t0)
     per = sum(times) / len(times)
-    return {"batch": b, "T": lg.n_steps, "threads": threads, "fast_langevin": lg.fast,
-            "inverse_method": cfg.Flow.inverse_method, "fast_nn": cfg.Flow.fast_nn,
+    return {"batch": b, "T": lg.n_steps, "threads": threads, "langevin_engine": lg.engine,
+            "inverse_method": cfg.Flow.inverse_method, "coupling_engine": cfg.Flow.coupling_engine,
             "flow_proposes_in_train_mode": cfg.Train.sample_flow_train_mode,
             "warmup_iter_s": round(warm, 3), "s_per_iter": round(per, 3),
             "flow_proposal_s": round(parts["propose"] / iters, 3), "langevin_s": round(parts["revise"] / iters, 3),

@@ -70,13 +70,12 @@ class FlowConfig:
     use_attn: bool = _f(True)
     drop_prob: float = _f(0.2, min=0.0, max=1.0)
     undo_bound: bool = _f(False, help="undo the 0.9 logit bound when sampling ([T] keeps it: SPEC §1.9)")
-    inverse_method: str = _f("fast", choices=("bisection", "fast"),
-                             help="mixture-CDF inverse: 'fast' (safeguarded Newton, ~50x faster, closer to the "
-                                  "exact inverse) or the reference 'bisection' ([T] constants) for parity")
-    fast_nn: str = _f("off", choices=("auto", "on", "off"),
-                      help="coupling networks when sampling in eval mode: static-graph oneDNN programs ('auto': "
-                           "on CPU builds with oneDNN where checked and measured faster; ~2x faster paper-size "
-                           "sampling) or dygraph ('off', default: see docs/speed.md for the open crash)")
+    inverse_method: str = _f("newton", choices=("newton", "bisection"),
+                             help="mixture-CDF inverse when sampling: 'newton' (safeguarded Newton, ~50x faster, "
+                                  "closer to the exact inverse) or 'bisection' (the official code's constants)")
+    coupling_engine: str = _f("dygraph", choices=("auto", "static", "dygraph"),
+                              help="coupling networks when sampling in eval mode: 'static' (static-graph oneDNN "
+                                   "programs), 'dygraph', or 'auto' (static on CPU builds with oneDNN)")
     # 2-D toy flow (arch: flow2d)
     hidden: int = _f(64, min=1)
     num_layers: int = _f(8, min=1)
@@ -104,9 +103,9 @@ class LangevinConfig:
     noise: str = _f("none", choices=("none", "constant", "decay"))
     noise_std: float = _f(1.0, min=0.0, help="noise = noise_std * s * eps (eq. 3)")
     noise_decay_K: float = _f(30.0, min=1e-9, help="eq. (10): max(1 - epoch/K, 0)^20")
-    fast: str = _f("auto", choices=("auto", "on", "off"),
-                   help="static-graph oneDNN Langevin step (EBM_res; ~2x faster on CPU; auto keeps it where "
-                        "measured faster than dygraph)")
+    engine: str = _f("auto", choices=("auto", "static", "dygraph"),
+                     help="Langevin step: 'static' (static-graph oneDNN program, EBM_res), 'dygraph', or 'auto' "
+                          "(static on CPU builds with oneDNN, dygraph elsewhere); never decided by timing")
 
 
 @dataclass
@@ -123,7 +122,7 @@ class OptimizerConfig:
     ebm_beta2: float = _f(0.5, min=0.0, max=1.0)
     ebm_clip_norm: Optional[float] = _f(None, min=0.0)
     ebm_skip_norm: Optional[float] = _f(None, min=0.0)
-    skip_check_first_epoch: bool = _f(True, help="apply the EBM skip threshold in epoch 0")
+    ebm_skip_in_first_epoch: bool = _f(True, help="apply ebm_skip_norm in epoch 0 too (the Pre scripts do not)")
     warmup_iters: int = _f(200, min=0)
     warmup_first_step_zero: bool = _f(True, help="[T] quirk: LambdaLR gives lr 0 on the first step")
 
@@ -137,7 +136,7 @@ class TrainConfig:
     coop_epochs: int = _f(100, min=0, help="phase 3: cooperative training")
     warmup_off_by_one: bool = _f(False, help="replicate [T]'s extra frozen epoch (SPEC §4.2)")
     n_update_flow: int = _f(1, min=1)
-    order: str = _f("reference", choices=("reference", "main_cifar"))
+    flow_waits_for_ebm: bool = _f(True, help="step the flow only when the EBM step was taken (false: main_cifar.py)")
     sample_flow_train_mode: bool = _f(True, help="[T] samples the flow in train mode (dropout on)")
     data_init_batches: int = _f(200, min=0, help="batches of epoch 0 used for ActNorm init, not trained on")
     data_init_group: int = _f(20, min=1)
@@ -213,6 +212,15 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+# Keys renamed after what they choose: (section, old key) -> (new key, old value -> new value).
+RENAMED_KEYS = {
+    ("Langevin", "fast"): ("engine", {"on": "static", "off": "dygraph", True: "static", False: "dygraph"}),
+    ("Flow", "fast_nn"): ("coupling_engine", {"on": "static", "off": "dygraph", True: "static", False: "dygraph"}),
+    ("Train", "order"): ("flow_waits_for_ebm", {"reference": True, "main_cifar": False}),
+    ("Optimizer", "skip_check_first_epoch"): ("ebm_skip_in_first_epoch", {}),
+}
+RENAMED_VALUES = {("Flow", "inverse_method"): {"fast": "newton"}}
 _SECTION_CLASSES = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
 
 
@@ -338,8 +346,29 @@ def _check_range(value, meta: dict, where: str) -> None:
                 raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
 
 
-def build_config(data: dict, sources: Optional[dict] = None) -> Config:
-    """Validate a nested dict (section → key → value) into a :class:`Config`."""
+def _renamed(sec: str, key: str, value, src: str, migrate: bool):
+    """Old key/value names: an error naming the new ones, or (migrate, configs stored in checkpoints) the translation."""
+    if (sec, key) in RENAMED_KEYS:
+        new, table = RENAMED_KEYS[(sec, key)]
+        hashable = isinstance(value, (str, bool, int, float)) or value is None
+        new_value = table.get(value, value) if hashable else value
+        if not migrate:
+            raise ConfigError(f"'{sec}.{key}' (in {src}) is now '{sec}.{new}'; write {sec}.{new}={new_value!r}")
+        return new, new_value
+    old_values = RENAMED_VALUES.get((sec, key), {})
+    if isinstance(value, str) and value in old_values:
+        if not migrate:
+            raise ConfigError(f"{sec}.{key}={value!r} (in {src}) is now {sec}.{key}={old_values[value]!r}")
+        return key, old_values[value]
+    return key, value
+
+
+def build_config(data: dict, sources: Optional[dict] = None, migrate: bool = False) -> Config:
+    """Validate a nested dict (section → key → value) into a :class:`Config`.
+
+    migrate: translate renamed keys (RENAMED_KEYS) instead of rejecting them: for configs stored in
+    checkpoints written by earlier versions.
+    """
     sources = sources or {}
     cfg = Config()
     for sec, body in data.items():
@@ -356,12 +385,10 @@ def build_config(data: dict, sources: Optional[dict] = None) -> Config:
         section_obj = getattr(cfg, sec)
         for key, value in body.items():
             src = sources.get((sec, key), "?")
+            key, value = _renamed(sec, key, value, src, migrate)
             if key not in fields:
                 raise ConfigError(f"unknown key '{sec}.{key}' in {src}" + _suggest(str(key), fields))
             where = f"{sec}.{key}={value!r} (from {src})"
-            choices = fields[key].metadata.get("choices") or ()
-            if isinstance(value, bool) and hints[key] is str and {"on", "off"} <= set(choices):
-                value = "on" if value else "off"   # YAML 1.1 reads on/off (and yes/no) as booleans
             value = _coerce(value, hints[key], where)
             if value is not None:
                 _check_range(value, fields[key].metadata, where)
@@ -400,7 +427,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 def config_from_dict(d: dict) -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
-    return build_config(copy.deepcopy(d), {})
+    return build_config(copy.deepcopy(d), {}, migrate=True)
 
 
 # --------------------------------------------------------------------------------------------

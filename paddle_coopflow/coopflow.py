@@ -8,8 +8,8 @@ One iteration (:meth:`CoopFlow.train_step`):
 The two networks never backprop through each other: only the detached x̃ passes between them.
 Because the EBM loss does not depend on α (and vice versa), both gradients are computed first and
 the steps are then taken together; the official "flow step before EBM loss" order (main_cifar) gives
-the same numbers. `order` only decides the gating: 'reference' steps the flow only if the EBM
-step was taken (every script but main_cifar), 'main_cifar' steps it independently.
+the same numbers. `flow_waits_for_ebm` only decides the gating: True steps the flow only if the EBM
+step was taken (every official script but main_cifar), False steps it independently (main_cifar).
 
 The flow is used only through `flow.inverse(z)` → images [N, C, H, W] in [-1, 1] (for Flow++ this
 includes the final 2·sigmoid(l) − 1), `flow.nll(x)` → [N] nats, `flow.z_shape`, train()/eval().
@@ -41,9 +41,9 @@ _MODES = ("coopflow", "flow_only", "langevin_only")
 class CoopFlowOptions:
     """Knobs of one training iteration; defaults are the official T=30 settings (SPEC §3–4).
 
-    Per-script values (SPEC §4.2): main_cifar uses flow_clip_mode='per_group', order='main_cifar';
+    Per-script values (SPEC §4.2): main_cifar uses flow_clip_mode='per_group', flow_waits_for_ebm=False;
     main_svhn/celeba use flow_skip_norm=1e6, ebm_clip_norm=1.0, ebm_skip_norm=5e6; the Pre scripts add
-    skip_ebm_check_first_epoch=True and a frozen flow in the first epochs (decided by the caller).
+    ebm_skip_in_first_epoch=False and a frozen flow in the first epochs (decided by the caller).
     """
     mode: str = "coopflow"
     n_steps: int = 30                       # T
@@ -59,11 +59,11 @@ class CoopFlowOptions:
     flow_skip_norm: Optional[float] = None  # skip the flow step if pre-clip norm ≥ this
     ebm_clip_norm: Optional[float] = None
     ebm_skip_norm: Optional[float] = None
-    skip_ebm_check_first_epoch: bool = False  # Pre scripts: never skip the EBM in epoch 0
+    ebm_skip_in_first_epoch: bool = True    # False (Pre scripts): never skip the EBM step in epoch 0
     frozen_flow: bool = False               # default for train_step(frozen_flow=None)
     n_update_flow: int = 1                  # flow updates on iterations with it % n == 0
     sample_flow_in_train_mode: bool = True  # official: dropout active while proposing
-    order: str = "reference"                # 'reference' | 'main_cifar'
+    flow_waits_for_ebm: bool = True         # step the flow only if the EBM stepped (False: main_cifar)
     n_samples: Optional[int] = None         # proposals per iteration; None → data batch size
 
     def validate(self) -> "CoopFlowOptions":
@@ -74,7 +74,6 @@ class CoopFlowOptions:
                   ("test_step_size", self.test_step_size > 0, "> 0"),
                   ("noise_mode", self.noise_mode in ("none", "constant", "decay"), "'none'|'constant'|'decay'"),
                   ("flow_clip_mode", self.flow_clip_mode in ("global", "per_group"), "'global'|'per_group'"),
-                  ("order", self.order in ("reference", "main_cifar"), "'reference'|'main_cifar'"),
                   ("n_update_flow", self.n_update_flow >= 1, ">= 1")]
         for name, ok, want in checks:
             if not ok:
@@ -222,9 +221,9 @@ class CoopFlow:
         # 5. decide and step
         nonfinite = not (_finite(fd, fr, el, ebm_norm, ls["mse"]) and flow_ok)
         ebm_go = not nonfinite and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
-                                    or (o.skip_ebm_check_first_epoch and epoch == 0))
+                                    or (not o.ebm_skip_in_first_epoch and epoch == 0))
         flow_go = (update_flow and not nonfinite and (o.flow_skip_norm is None or flow_norm < o.flow_skip_norm)
-                   and (ebm_go or o.order == "main_cifar"))
+                   and (ebm_go or not o.flow_waits_for_ebm))
         lr_ebm = self.ebm_optim.lr()
         if ebm_go:
             self.ebm_optim.step(self.gstep)

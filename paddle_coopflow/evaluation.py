@@ -61,7 +61,7 @@ def load_for_eval(config: Optional[str], overrides, prefix: str):
         setup_threads(cfg.Global.threads)
     from . import langevin_fast
 
-    langevin_fast.set_mode(cfg.Langevin.fast)  # static-graph Langevin step where faster (as the Trainer)
+    langevin_fast.set_mode(langevin_fast.mode_for_engine(cfg.Langevin.engine))  # static-graph Langevin step where faster (as the Trainer)
     seed_everything(cfg.Global.seed)
     flow, ebm = load_trained(cfg, prefix)
     return cfg, flow, ebm

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -54,7 +53,7 @@ __all__ = ["MODES", "VARIANTS", "set_mode", "get_mode", "available", "enabled", 
 
 MODES = ("auto", "on", "off")
 VARIANTS = ("auto", "manual", "autograd")
-_state = {"mode": "off"}      # process default; the trainer sets it from Langevin.fast
+_state = {"mode": "off"}      # process default; the trainer sets it from Langevin.engine
 _logged = set()                # messages already logged (each one once per process)
 _log = logging.getLogger("paddle_coopflow.langevin_fast")
 _CACHE_ATTR = "_coopflow_fast_langevin"
@@ -72,10 +71,15 @@ VERIFY_ATOL = 1e-4   # first-run check of x_next (image units) against the dygra
 
 def set_mode(mode: str) -> None:
     """Process-wide default for :func:`enabled`: 'auto' (fast where measured faster), 'on' (always a
-    static program, errors raise), 'off' (dygraph). Called once from the config (Langevin.fast)."""
+    static program, errors raise), 'off' (dygraph). Called once from the config (Langevin.engine, see mode_for_engine)."""
     if mode not in MODES:
-        raise ValueError(f"Langevin.fast={mode!r} is invalid; use one of {MODES}")
+        raise ValueError(f"Langevin.engine mode {mode!r} is invalid; use one of {MODES}")
     _state["mode"] = mode
+
+
+def mode_for_engine(engine: str) -> str:
+    """This module's mode for a config value of Langevin.engine ('auto' | 'static' | 'dygraph')."""
+    return {"static": "on", "dygraph": "off"}.get(engine, engine)
 
 
 def get_mode() -> str:
@@ -99,7 +103,7 @@ def enabled(mode: Optional[str] = None) -> bool:
     """
     mode = get_mode() if mode is None else mode
     if mode not in MODES:
-        raise ValueError(f"Langevin.fast={mode!r} is invalid; use one of {MODES}")
+        raise ValueError(f"Langevin.engine mode {mode!r} is invalid; use one of {MODES}")
     if not paddle.in_dynamic_mode():
         return False
     return mode == "on" or (mode == "auto" and available())
@@ -284,7 +288,7 @@ class FastLangevin:
         strict: never use the dygraph step; raise on failure (mode 'on').
         verify: compare the first run of each program with the dygraph step.
         cpu_flags: set :data:`CPU_FLAGS` around the 'manual' program's calls (None: when available()).
-        variant: 'auto' (time the candidates on first use, keep the fastest), 'manual', 'autograd'.
+        variant: 'auto' ('manual' for EBM_res, dygraph for other EBMs), 'manual', 'autograd'.
     """
 
     def __init__(self, ebm: nn.Layer, strict: bool = False, verify: bool = True,
@@ -297,7 +301,6 @@ class FastLangevin:
         self._param_ids: Tuple[int, ...] = ()
         self.n_compiled = 0
         self.n_fallback_steps = 0
-        self.timings: Dict[tuple, Dict[str, float]] = {}   # key → seconds per step, from 'auto'
         self._chain_depth = 0
         self._adjoint: Optional[List[paddle.Tensor]] = None  # res_adjoint_weights, kept within a chain
 
@@ -370,43 +373,35 @@ class FastLangevin:
             return self._build_in_chain(key, shift, args)
 
     def _build_in_chain(self, key, shift, args):
-        timings: Dict[str, float] = {}
+        """Compile the program of this key, check its first run against dygraph, and return the
+        program's own result: the numbers never depend on which call built the program, so a process
+        that starts mid-run (resume) computes exactly what an uninterrupted one does."""
         ref = self._dygraph(*args)
         if self.variant != "auto":
             names = [self.variant]
         else:
             names = ["manual"] if supports_manual(self.ebm) else []
             if not names:   # 'autograd' is opt-in only (module doc): dygraph for every other EBM
-                msg = (f"fast Langevin: no static step for {type(self.ebm).__name__} (only EBM_res has the "
+                msg = (f"static Langevin step: none for {type(self.ebm).__name__} (only EBM_res has the "
                        f"hand-written gradient; the paddle.grad program is opt-in, variant='autograd')")
                 if self.strict:
-                    raise RuntimeError(msg + "; set Langevin.fast=auto or off")
+                    raise RuntimeError(msg + "; set Langevin.engine=auto or dygraph")
                 _warn_once(msg + "; using the dygraph step", logging.INFO)
-        built = {}
         for name in names:
             try:
                 prog = (name, self._compile(key, name))
                 out = self._run(prog, args[0], shift)
                 if self.verify:
                     self._check(out, ref)
-                if self.variant == "auto":
-                    timings[name] = min(self._time(prog, args[0], shift) for _ in range(2))
-                built[name] = prog
             except Exception as err:  # noqa: BLE001
                 self._fail(key, name, err)
-        if built and self.variant == "auto":
-            timings["dygraph"] = min(self._time_dygraph(args) for _ in range(2))
-            pool = [n for n in timings if n in built or (n == "dygraph" and not self.strict)]
-            best = min(pool, key=timings.get)
-            self.timings[key] = timings
-            _warn_once(f"fast Langevin for {key[0]} B={args[0].shape[0]}: using {best} "
-                       f"(s/step: {', '.join(f'{n} {t:.3f}' for n, t in timings.items())})", logging.INFO)
-        else:
-            best = next(iter(built), "dygraph")
-        self._programs[key] = None if best == "dygraph" else built[best]
-        self.n_compiled += len(built)
-        if best == "dygraph":
-            self.n_fallback_steps += 1
+                continue
+            self._programs[key] = prog
+            self.n_compiled += 1
+            _warn_once(f"Langevin step for {key[0]}: static program ({name})", logging.INFO)
+            return out
+        self._programs[key] = None
+        self.n_fallback_steps += 1
         return ref
 
     def _compile(self, key: tuple, variant: str):
@@ -450,16 +445,6 @@ class FastLangevin:
                 p.stop_gradient = s
         return tuple(o.detach() for o in out)
 
-    def _time(self, entry, x, shift) -> float:
-        t0 = time.perf_counter()
-        self._run(entry, x, shift)[0].numpy()
-        return time.perf_counter() - t0
-
-    def _time_dygraph(self, args) -> float:
-        t0 = time.perf_counter()
-        self._dygraph(*args)[0].numpy()
-        return time.perf_counter() - t0
-
     def _dygraph(self, x, step_size, delta_clip, clip, eps, noise_std):
         from .langevin import langevin_step  # lazy: langevin imports this module
 
@@ -480,7 +465,7 @@ class FastLangevin:
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         msg = f"fast Langevin step ({variant}) unavailable for {key[:2]}: {type(err).__name__}: {text}"
         if self.strict:
-            raise RuntimeError(msg + " (set Langevin.fast=auto to fall back, or off)") from err
+            raise RuntimeError(msg + " (set Langevin.engine=auto to fall back, or dygraph)") from err
         _warn_once(msg + "; using the dygraph step")
 
     def _check_params(self) -> None:

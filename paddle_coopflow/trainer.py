@@ -102,7 +102,7 @@ class Trainer:
         self.threads = setup_threads(g.threads, self.world_size) if self.device == "cpu" else 0
         from . import langevin_fast
 
-        langevin_fast.set_mode(cfg.Langevin.fast)
+        langevin_fast.set_mode(langevin_fast.mode_for_engine(cfg.Langevin.engine))
         self.run_dir = g.output_dir
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
         self._check_run_dir(resume)
@@ -202,8 +202,8 @@ class Trainer:
             noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
             flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
             ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
-            skip_ebm_check_first_epoch=not o.skip_check_first_epoch, n_update_flow=t.n_update_flow,
-            sample_flow_in_train_mode=t.sample_flow_train_mode, order=t.order)
+            ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, n_update_flow=t.n_update_flow,
+            sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm)
         return CoopFlow(self.flow if mode != "langevin_only" else None, self.ebm if mode != "flow_only" else None,
                         fo if mode != "langevin_only" else None, eo if mode != "flow_only" else None, opts)
 

@@ -112,9 +112,9 @@ def test_n_update_flow_gates_by_iteration():
     assert cf.train_step(_data(), 0, it=2)["flow_stepped"]
 
 
-@pytest.mark.parametrize("order,flow_moves", [("reference", False), ("main_cifar", True)])
-def test_skipped_ebm_step(order, flow_moves):
-    cf, flow, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12, order=order))
+@pytest.mark.parametrize("waits,flow_moves", [(True, False), (False, True)])
+def test_skipped_ebm_step(waits, flow_moves):
+    cf, flow, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12, flow_waits_for_ebm=waits))
     fb, eb = _params(flow), _params(ebm)
     st = cf.train_step(_data(), epoch=1, it=0)
     assert st["ebm_skipped"] and not _changed(eb, ebm)
@@ -124,7 +124,7 @@ def test_skipped_ebm_step(order, flow_moves):
 
 def test_first_epoch_never_skips_ebm_when_asked():
     cf, _, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12,
-                                       skip_ebm_check_first_epoch=True))
+                                       ebm_skip_in_first_epoch=False))
     eb = _params(ebm)
     assert cf.train_step(_data(), epoch=0, it=0)["ebm_stepped"] and _changed(eb, ebm)
 
@@ -229,7 +229,7 @@ def test_clip_helpers_against_numpy():
 
 
 def test_per_group_mode_reports_group_norms():
-    cf, _, _ = _make(CoopFlowOptions(n_steps=2, step_size=0.5, flow_clip_mode="per_group", order="main_cifar"))
+    cf, _, _ = _make(CoopFlowOptions(n_steps=2, step_size=0.5, flow_clip_mode="per_group", flow_waits_for_ebm=False))
     st = cf.train_step(_data(), 0, 0)
     n, u = st["flow_grad_norm/normalized"], st["flow_grad_norm/unnormalized"]
     assert st["flow_grad_norm"] == pytest.approx(math.hypot(n, u), rel=1e-6)
@@ -267,8 +267,8 @@ def test_sample_uses_eval_mode_and_restores_it():
 
 
 def test_options_validation():
-    with pytest.raises(ValueError, match="order"):
-        CoopFlowOptions(order="flow_first").validate()
+    with pytest.raises(ValueError, match="mode"):
+        CoopFlowOptions(mode="flow_first").validate()
     with pytest.raises(ValueError, match="unknown CoopFlowOptions key"):
         CoopFlowOptions.from_dict({"step_szie": 0.1})
     assert CoopFlowOptions.from_dict({"image_clip": [-1, 1]}).image_clip == (-1.0, 1.0)

@@ -26,7 +26,7 @@ TINY = ["Data.name=digits", "Data.root=", "Data.image_size=16", "Data.channels=1
         "EBM.in_channels=1", "EBM.base_channels=8", "EBM.img_size=16",
         "Langevin.n_steps=3", "Train.batch_size=8", "Train.max_iters=2", "Train.data_init_batches=1",
         "Train.data_init_group=1", "Export.on_train_end=false", "Global.use_visualdl=false",
-        "Global.sample_interval=0", "Global.threads=2", "Langevin.fast=off", "Eval.fid_num_samples=8", "Eval.fid_ref_num=8",
+        "Global.sample_interval=0", "Global.threads=2", "Langevin.engine=dygraph", "Eval.fid_num_samples=8", "Eval.fid_ref_num=8",
         "Eval.fid_batch_size=8", "Eval.sample_batch_size=4"]
 
 

@@ -22,7 +22,7 @@ TINY = [
     # The references are the plain dygraph flow (exports trace it anyway). With the default 'auto' the
     # in-process oneDNN coupling programs (models/flowpp/fast_nn.py) run too, and this file segfaulted
     # at varying tests in 5 of 7 runs (Paddle 3.3.1); with 'off', in 0 of 4.
-    "Flow.fast_nn='off'",
+    "Flow.coupling_engine=dygraph",
 ]
 SHAPE = (1, 8, 8)
 TOL = {"flow_generator": 1e-5, "energy": 1e-5, "energy_grad": 1e-4, "coopflow_sampler": 1e-4}

@@ -85,8 +85,8 @@ def build_coopflow(cfg: Config, n_train: int):
         noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
         flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
         ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
-        skip_ebm_check_first_epoch=o.skip_check_first_epoch, n_update_flow=t.n_update_flow,
-        sample_flow_in_train_mode=t.sample_flow_train_mode, order=t.order)
+        ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, n_update_flow=t.n_update_flow,
+        sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm)
     return CoopFlow(flow, ebm, fopt, eopt, opts)
 
 
@@ -308,8 +308,8 @@ def main(argv=None) -> int:
     try:
         logger.info(f"toy2d: config {args.config} -> {out} (device {device}, {threads} threads, "
                     f"load average {os.getloadavg()[0]:.2f})")
-        if cfg.Langevin.fast != "off":
-            logger.info(f"Langevin.fast={cfg.Langevin.fast} ignored: the 2-D tool uses the dygraph step "
+        if cfg.Langevin.engine == "static":
+            logger.info(f"Langevin.engine={cfg.Langevin.engine} ignored: the 2-D tool uses the dygraph step "
                         f"(the static step crashes with the MLP EBM)")
         train(cfg, out, logger)
     finally:

@@ -161,6 +161,12 @@ class FlowPlusPlus(nn.Layer):
         names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
         kwargs = {k: get(k) for k in names if get(k) is not None}
+        # Config names (what the switch chooses) → this constructor's names.
+        engine = get("coupling_engine")
+        if engine is not None:
+            kwargs["fast_nn"] = {"static": "on", "dygraph": "off"}.get(engine, engine)
+        if kwargs.get("inverse_method") == "newton":
+            kwargs["inverse_method"] = "fast"
         return cls(**kwargs)
 
     @property
