@@ -1,4 +1,4 @@
-"""Optimizers, the warm-up schedule and gradient-norm clipping of the official scripts (SPEC §4.1–4.2).
+"""Optimizers, the warm-up schedule and gradient-norm clipping of the official scripts.
 
 - Flow: Adam(β 0.9/0.999, eps 1e-8) with two groups: weight-norm gains (names ending in `weight_g`)
   get a *coupled* L2 term 5e-5 (added to the gradient, as torch Adam's weight_decay; Paddle's Adam
@@ -24,7 +24,7 @@ import paddle
 import paddle.nn as nn
 
 __all__ = ["WarmupLambda", "OptimBundle", "build_warmup_scheduler", "build_flow_optimizer",
-           "build_ebm_optimizer", "build_adam", "grad_global_norm", "clip_grad_norm", "clip_grad_norm_groups"]
+           "build_ebm_optimizer", "build_optimizers", "build_adam", "grad_global_norm", "clip_grad_norm", "clip_grad_norm_groups"]
 
 
 class WarmupLambda:
@@ -123,6 +123,27 @@ def build_ebm_optimizer(ebm: nn.Layer, lr: float = 1e-4, betas=(0.5, 0.5), eps: 
     """EBM Adam(β 0.5/0.5), no weight decay, same warm-up."""
     return build_adam([("all", [p for _, p in _trainable(ebm)], 0.0)], lr, betas, eps,
                       warmup_iters, batch_size, warmup_first_step_zero)
+
+
+def build_optimizers(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], batch_size: Optional[int] = None
+                     ) -> Tuple[Optional[OptimBundle], Optional[OptimBundle]]:
+    """(flow bundle, EBM bundle) from the config's Optimizer section; None for a missing net.
+
+    Every caller (trainer, 2-D tool, benches) builds its optimizers here, so the config means the same
+    thing everywhere.
+
+    Args:
+        cfg: resolved config (Optimizer and Train sections are read).
+        flow, ebm: the networks (either may be None).
+        batch_size: B of the warm-up ramp (gstep counts samples); default ``cfg.Train.batch_size``.
+    """
+    o = cfg.Optimizer
+    b = int(batch_size or cfg.Train.batch_size)
+    warm = dict(warmup_iters=o.warmup_iters, batch_size=b, warmup_first_step_zero=o.warmup_first_step_zero)
+    fo = None if flow is None else build_flow_optimizer(flow, o.flow_lr, o.flow_gain_l2,
+                                                         betas=(o.flow_beta1, o.flow_beta2), **warm)
+    eo = None if ebm is None else build_ebm_optimizer(ebm, o.ebm_lr, betas=(o.ebm_beta1, o.ebm_beta2), **warm)
+    return fo, eo
 
 
 def _grads(params: Iterable[paddle.Tensor]) -> List[paddle.Tensor]:
