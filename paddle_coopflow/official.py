@@ -201,7 +201,7 @@ def suggest_config(cfg, ckpt: OfficialCheckpoint) -> str:
     has = {key: hasattr(getattr(cfg, key[0]), key[1]) for key in found}
     diff = [f"-o {s}.{k}={_yaml(v)}" for (s, k), v in found.items() if has[(s, k)] and getattr(getattr(cfg, s), k) != v]
     paper = Config()  # the schema defaults are the paper's CIFAR-10 networks
-    if diff and all(getattr(getattr(paper, s), k, v) == v for (s, k), v in found.items()):
+    if len(diff) > 2 and all(getattr(getattr(paper, s), k, v) == v for (s, k), v in found.items()):
         return "the file has the paper's networks: use -c configs/cifar10_t30.yaml (or the svhn/celeba config)"
     note = ""
     k_main, k_dq = found.get(("Flow", "num_components")), found.get(("Flow", "num_dequant_components"))
