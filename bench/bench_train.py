@@ -25,24 +25,18 @@ from paddle_coopflow.config import load_config  # noqa: E402
 def per_iteration(cfg, iters: int) -> dict:
     import paddle
 
-    from paddle_coopflow import langevin_fast
     from paddle_coopflow.builder import build_ebm, build_flow
     from paddle_coopflow.coopflow import CoopFlow, CoopFlowOptions
-    from paddle_coopflow.optim import build_ebm_optimizer, build_flow_optimizer
+    from paddle_coopflow.optim import build_optimizers
     from paddle_coopflow.utils.env import seed_everything, setup_threads
 
     threads = setup_threads(cfg.Global.threads)
-    langevin_fast.set_mode(langevin_fast.mode_for_engine(cfg.Langevin.engine))
     seed_everything(0)
     flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
     b = cfg.Train.batch_size
     shape = [b] + list(cfg.Flow.in_shape)
-    o, lg = cfg.Optimizer, cfg.Langevin
-    learner = CoopFlow(flow, ebm, build_flow_optimizer(flow, o.flow_lr), build_ebm_optimizer(ebm, o.ebm_lr),
-                       CoopFlowOptions(n_steps=lg.n_steps, step_size=lg.step_size,
-                                       test_step_size=lg.test_step_size))
-    learner.o.sample_flow_in_train_mode = cfg.Train.sample_flow_train_mode
-    flow.set_fast_nn({"static": "on", "dygraph": "off"}.get(cfg.Flow.coupling_engine, "auto"))
+    lg = cfg.Langevin
+    learner = CoopFlow(flow, ebm, *build_optimizers(cfg, flow, ebm), CoopFlowOptions.from_config(cfg))
     x = paddle.uniform(shape, min=-1, max=1)
     flow.data_init(x)
     parts = {"propose": 0.0, "revise": 0.0}

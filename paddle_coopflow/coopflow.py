@@ -1,15 +1,18 @@
-"""CoopFlow training step: paper Algorithm 1, plus the two baselines (SPEC §0, §4).
+"""CoopFlow training step: paper Algorithm 1, plus the two baselines.
 
 One iteration (:meth:`CoopFlow.train_step`):
   1. propose  x̂ = g_α(z), z ~ N(0, I)        flow inverse, no grad, flow in *train* mode (official)
   2. revise   x̃ = Langevin flow from x̂      T steps of eq. (3), detached
-  3. flow     α ← α + ∇_α mean log q_α(x̃)   maximum likelihood on the revised samples (eq. 6)
-  4. EBM      θ ← θ + ∇_θ [mean f(x) − mean f(x̃)]   (eq. 2; loss = mean f(x̃) − mean f(x))
+  3. flow     α ← α + ∇_α mean log q_α(x̃)   maximum likelihood on the revised samples (eq. 6,
+                                             :func:`flow_ml_loss`)
+  4. EBM      θ ← θ + ∇_θ [mean f(x) − mean f(x̃)]   (eq. 2, :func:`ebm_ml_loss`)
 The two networks never backprop through each other: only the detached x̃ passes between them.
 Because the EBM loss does not depend on α (and vice versa), both gradients are computed first and
 the steps are then taken together; the official "flow step before EBM loss" order (main_cifar) gives
 the same numbers. `flow_waits_for_ebm` only decides the gating: True steps the flow only if the EBM
 step was taken (every official script but main_cifar), False steps it independently (main_cifar).
+Each net's step is vetoed by its own non-finite loss or gradient only: a non-finite flow NLL skips
+the flow step but never the EBM step (the official scripts check the EBM's gradient norm alone).
 
 The flow is used only through `flow.inverse(z)` → images [N, C, H, W] in [-1, 1] (for Flow++ this
 includes the final 2·sigmoid(l) − 1), `flow.nll(x)` → [N] nats, `flow.z_shape`, train()/eval().
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -31,17 +34,20 @@ import paddle.nn as nn
 
 from .langevin import langevin_flow, noise_std_for
 from .optim import OptimBundle, clip_grad_norm, clip_grad_norm_groups
+from .sampling import propose
+from .sampling import sample as sample_coopflow
 
-__all__ = ["CoopFlowOptions", "CoopFlow"]
+__all__ = ["CoopFlowOptions", "CoopFlow", "ebm_ml_loss", "flow_ml_loss"]
 
 _MODES = ("coopflow", "flow_only", "langevin_only")
+_ENGINES = ("auto", "static", "dygraph")
 
 
 @dataclass
 class CoopFlowOptions:
-    """Knobs of one training iteration; defaults are the official T=30 settings (SPEC §3–4).
+    """Knobs of one training iteration; defaults are the official CIFAR-10 T=30 settings.
 
-    Per-script values (SPEC §4.2): main_cifar uses flow_clip_mode='per_group', flow_waits_for_ebm=False;
+    Per-script values of the official code: main_cifar uses flow_clip_mode='per_group', flow_waits_for_ebm=False;
     main_svhn/celeba use flow_skip_norm=1e6, ebm_clip_norm=1.0, ebm_skip_norm=5e6; the Pre scripts add
     ebm_skip_in_first_epoch=False and a frozen flow in the first epochs (decided by the caller).
     """
@@ -65,6 +71,7 @@ class CoopFlowOptions:
     sample_flow_in_train_mode: bool = True  # official: dropout active while proposing
     flow_waits_for_ebm: bool = True         # step the flow only if the EBM stepped (False: main_cifar)
     n_samples: Optional[int] = None         # proposals per iteration; None → data batch size
+    langevin_engine: str = "auto"           # 'auto' | 'static' | 'dygraph' (Langevin.engine)
 
     def validate(self) -> "CoopFlowOptions":
         """Raise a one-line ValueError naming the bad field."""
@@ -74,11 +81,31 @@ class CoopFlowOptions:
                   ("test_step_size", self.test_step_size > 0, "> 0"),
                   ("noise_mode", self.noise_mode in ("none", "constant", "decay"), "'none'|'constant'|'decay'"),
                   ("flow_clip_mode", self.flow_clip_mode in ("global", "per_group"), "'global'|'per_group'"),
-                  ("n_update_flow", self.n_update_flow >= 1, ">= 1")]
+                  ("n_update_flow", self.n_update_flow >= 1, ">= 1"),
+                  ("langevin_engine", self.langevin_engine in _ENGINES, f"one of {_ENGINES}")]
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"CoopFlowOptions.{name}={getattr(self, name)!r} is invalid; expected {want}")
         return self
+
+    @classmethod
+    def from_config(cls, cfg, mode: Optional[str] = None) -> "CoopFlowOptions":
+        """The options of a resolved :class:`~paddle_coopflow.config.Config` (Langevin, Optimizer, Train).
+
+        Args:
+            cfg: the config.
+            mode: overrides ``cfg.Train.mode`` (the trainer's flow pre-training phase uses 'flow_only').
+        """
+        lg, o, t = cfg.Langevin, cfg.Optimizer, cfg.Train
+        return cls(
+            mode=mode or t.mode, n_steps=lg.n_steps, step_size=lg.step_size, test_step_size=lg.test_step_size,
+            delta_clip=lg.delta_clip, image_clip=tuple(lg.image_clip) if lg.image_clip else None,
+            noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
+            flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
+            ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
+            ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, n_update_flow=t.n_update_flow,
+            sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm,
+            langevin_engine=lg.engine).validate()
 
     @classmethod
     def from_dict(cls, d: Dict) -> "CoopFlowOptions":
@@ -95,6 +122,41 @@ class CoopFlowOptions:
 
 def _finite(*vals: float) -> bool:
     return all(math.isfinite(v) for v in vals)
+
+
+def ebm_ml_loss(energy: Callable[[paddle.Tensor], paddle.Tensor], x_data: paddle.Tensor,
+                x_revised: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """The EBM's maximum-likelihood loss whose gradient is eq. (2) of the paper.
+
+    ∇_θ L(θ) ≈ mean_i ∇_θ f_θ(x_i) − mean_i ∇_θ f_θ(x̃_i): descending
+    loss = mean f(x̃) − mean f(x) raises f on the data and lowers it on the revised samples.
+
+    Args:
+        energy: f_θ, [N, ...] → [N] (the EBM or its data-parallel wrapper).
+        x_data: [B, ...] observed examples x_i.
+        x_revised: [M, ...] detached Langevin revisions x̃_i.
+
+    Returns:
+        (loss, mean f(x), mean f(x̃)), scalar tensors; `loss` carries the graph to θ.
+    """
+    f_data = energy(x_data).mean()
+    f_rev = energy(x_revised).mean()
+    return f_rev - f_data, f_data, f_rev
+
+
+def flow_ml_loss(nll: Callable[[paddle.Tensor], paddle.Tensor], x_revised: paddle.Tensor) -> paddle.Tensor:
+    """The flow's maximum-likelihood loss on the revised samples, eq. (6) of the paper.
+
+    α ← α + ∇_α mean_i log q_α(x̃_i); the loss is the mean negative log-likelihood in nats.
+
+    Args:
+        nll: x [M, ...] → per-sample −log q_α(x) [M] (the flow's ``nll`` or its data-parallel wrapper).
+        x_revised: [M, ...] detached revised samples x̃ (the data, in the flow-only baseline).
+
+    Returns:
+        scalar tensor, mean NLL in nats.
+    """
+    return nll(x_revised).mean()
 
 
 class CoopFlow:
@@ -124,26 +186,30 @@ class CoopFlow:
         # Sampling always uses the raw nets (no parameter gradients are involved there).
         self.loss_flow: Optional[nn.Layer] = None
         self.loss_ebm: Optional[nn.Layer] = None
+        # One Langevin step of eq. (3) in the engine `options.langevin_engine` chooses (config, device and
+        # build decide; never timing): this learner's own, no process-wide state.
+        self.langevin_step: Optional[Callable] = None
+        if ebm is not None:
+            from .accel import make_langevin_step
+
+            self.langevin_step = make_langevin_step(ebm, self.o.langevin_engine)
 
     # ----------------------------------------------------------------------------------- sampling
     @paddle.no_grad()
     def propose(self, n: int, z: Optional[paddle.Tensor] = None, shape=None) -> paddle.Tensor:
         """x̂ [n, ...]: flow inverse of z ~ N(0, I) (or U(-1, 1) for 'langevin_only', needs `shape`)."""
-        if self.o.mode == "langevin_only":
-            if shape is None:
-                raise ValueError("langevin_only proposals need the sample shape (pass shape=x.shape[1:])")
-            return paddle.uniform([n] + list(shape), min=-1.0, max=1.0)
-        if z is None:
-            z = paddle.randn([n] + list(self.flow.z_shape))  # paddle.seed controls it
-        return self.flow.inverse(z).detach()
+        if self.o.mode == "langevin_only" and shape is None and z is None:
+            raise ValueError("langevin_only proposals need the sample shape (pass shape=x.shape[1:])")
+        return propose(self.flow if self.o.mode != "langevin_only" else None, n, z, shape)
 
     def revise(self, x_prop: paddle.Tensor, epoch: float = 0, step_size: Optional[float] = None,
                n_steps: Optional[int] = None, train: bool = True, return_stats: bool = False):
         """x̃ = Langevin flow from x̂ (eq. 3). Training adds the configured noise; generation has none."""
         std = noise_std_for(self.o.noise_mode, epoch, self.o.noise_K, self.o.noise_std) if train else 0.0
+        kw = {} if self.langevin_step is None else {"step": self.langevin_step}
         return langevin_flow(self.ebm, x_prop, self.o.n_steps if n_steps is None else n_steps,
                              step_size or (self.o.step_size if train else self.o.test_step_size),
-                             self.o.delta_clip, self.o.image_clip, noise_std=std, return_stats=return_stats)
+                             self.o.delta_clip, self.o.image_clip, noise_std=std, return_stats=return_stats, **kw)
 
     def sample(self, n: int, z: Optional[paddle.Tensor] = None, step_size: Optional[float] = None,
                n_steps: Optional[int] = None, shape=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
@@ -151,17 +217,11 @@ class CoopFlow:
 
         step_size defaults to test_step_size; no noise.
         """
-        nets = [m for m in (self.flow, self.ebm) if m is not None]
-        was = [m.training for m in nets]
-        for m in nets:
-            m.eval()
-        try:
-            x_prop = self.propose(n, z, shape)
-            x_rev = self.revise(x_prop, step_size=step_size or self.o.test_step_size, n_steps=n_steps, train=False)
-        finally:
-            for m, t in zip(nets, was):
-                m.train(t)
-        return x_prop, x_rev
+        if self.o.mode == "langevin_only" and z is None and shape is None:
+            raise ValueError("langevin_only samples need the sample shape (pass shape=x.shape[1:])")
+        return sample_coopflow(self.flow, self.ebm, n, z, shape, n_steps=self.o.n_steps if n_steps is None else n_steps,
+                               step_size=step_size or self.o.test_step_size, delta_clip=self.o.delta_clip,
+                               image_clip=self.o.image_clip, langevin_step=self.langevin_step)
 
     # ----------------------------------------------------------------------------------- training
     def train_step(self, x_data: paddle.Tensor, epoch: int, it: int,
@@ -191,7 +251,7 @@ class CoopFlow:
                 m.train()
         self._clear_grads()
 
-        # 1. propose (the flow samples in train mode by default — official parity, SPEC §8.3.13)
+        # 1. propose (the flow samples in train mode by default, dropout on, as the official code)
         if self.flow is not None and not o.sample_flow_in_train_mode:
             self.flow.eval()
         x_prop = self.propose(n, shape=x_data.shape[1:])
@@ -209,20 +269,19 @@ class CoopFlow:
         if o.mode == "coopflow":
             _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats)
 
-        # 4. EBM loss: raise f on data, lower it on the revised samples
-        energy = self.loss_ebm or self.ebm
-        f_data = energy(x_data).mean()
-        f_rev = energy(x_rev).mean()
-        ebm_loss = f_rev - f_data
+        # 4. EBM loss (eq. 2): raise f on data, lower it on the revised samples
+        ebm_loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
         ebm_loss.backward()
         ebm_norm = clip_grad_norm(self.ebm_optim.parameters, o.ebm_clip_norm)
         fd, fr, el = float(f_data.item()), float(f_rev.item()), float(ebm_loss.item())
 
-        # 5. decide and step
-        nonfinite = not (_finite(fd, fr, el, ebm_norm, ls["mse"]) and flow_ok)
-        ebm_go = not nonfinite and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
-                                    or (not o.ebm_skip_in_first_epoch and epoch == 0))
-        flow_go = (update_flow and not nonfinite and (o.flow_skip_norm is None or flow_norm < o.flow_skip_norm)
+        # 5. decide and step: each net is vetoed by its own non-finite values only
+        ebm_ok = _finite(fd, fr, el, ebm_norm, ls["mse"])
+        nonfinite = not (ebm_ok and flow_ok)
+        ebm_go = ebm_ok and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
+                             or (not o.ebm_skip_in_first_epoch and epoch == 0))
+        flow_go = (update_flow and flow_ok
+                   and (o.flow_skip_norm is None or flow_norm < o.flow_skip_norm)
                    and (ebm_go or not o.flow_waits_for_ebm))
         lr_ebm = self.ebm_optim.lr()
         if ebm_go:
@@ -245,14 +304,14 @@ class CoopFlow:
         """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
         d = float(np.prod(x.shape[1:]))
         if update:
-            loss = (self.loss_flow or self.flow.nll)(x).mean()
+            loss = flow_ml_loss(self.loss_flow or self.flow.nll, x)
             loss.backward()
             norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.o.flow_clip_norm, self.o.flow_clip_mode)
             for name, v in zip(self.flow_optim.group_names, per):
                 stats[f"flow_grad_norm/{name}"] = v
         else:
             with paddle.no_grad():
-                loss = self.flow.nll(x).mean()
+                loss = flow_ml_loss(self.flow.nll, x)
             norm = float("nan")
         nll = float(loss.item())
         stats.update({"flow_nll": nll, "flow_bpd": nll / (d * math.log(2.0)), "flow_grad_norm": norm})

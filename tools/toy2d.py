@@ -69,46 +69,35 @@ def build_coopflow(cfg: Config, n_train: int):
     """Flow2D + MLP EBM + their Adam bundles + the Algorithm-1 stepper, from the config."""
     from paddle_coopflow.builder import build_ebm, build_flow
     from paddle_coopflow.coopflow import CoopFlow, CoopFlowOptions
-    from paddle_coopflow.optim import build_ebm_optimizer, build_flow_optimizer
+    from paddle_coopflow.optim import build_optimizers
 
-    o, t, lg = cfg.Optimizer, cfg.Train, cfg.Langevin
     flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
-    b = schedule(cfg, n_train)[0]
-    fopt = build_flow_optimizer(flow, o.flow_lr, o.flow_gain_l2, betas=(o.flow_beta1, o.flow_beta2),
-                                warmup_iters=o.warmup_iters, batch_size=b,
-                                warmup_first_step_zero=o.warmup_first_step_zero)
-    eopt = build_ebm_optimizer(ebm, o.ebm_lr, betas=(o.ebm_beta1, o.ebm_beta2), warmup_iters=o.warmup_iters,
-                               batch_size=b, warmup_first_step_zero=o.warmup_first_step_zero)
-    opts = CoopFlowOptions(
-        mode="coopflow", n_steps=lg.n_steps, step_size=lg.step_size, test_step_size=lg.test_step_size,
-        delta_clip=lg.delta_clip, image_clip=tuple(lg.image_clip) if lg.image_clip else None,
-        noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
-        flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
-        ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
-        ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, n_update_flow=t.n_update_flow,
-        sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm)
+    fopt, eopt = build_optimizers(cfg, flow, ebm, batch_size=schedule(cfg, n_train)[0])
+    opts = CoopFlowOptions.from_config(cfg)
+    # The 2-D MLP energy always takes the dygraph Langevin step: the static oneDNN step is built for
+    # image EBMs, and with the MLP EBM it crashed Paddle 3.3.1 (matmul_grad).
+    opts.langevin_engine = "dygraph"
     return CoopFlow(flow, ebm, fopt, eopt, opts)
 
 
 def draw_samples(coop, n: int, batch: int, epoch: float):
     """(flow samples x̂ ~ q_α, CoopFlow samples x̃ ~ π = K_θ q_α), float64 [n, 2] each.
 
-    Glue around CoopFlow.propose/revise: nets in eval mode, K_θ = the training transition
-    (training step size *and noise*), which CoopFlow.sample cannot do (it never adds noise).
+    Nets in eval mode; K_θ = the training transition (training step size *and* the training noise
+    of this epoch), so π is the distribution the flow was fitted to.
     """
-    nets = (coop.flow, coop.ebm)
-    was = [m.training for m in nets]
-    for m in nets:
-        m.eval()
+    from paddle_coopflow.langevin import noise_std_for
+    from paddle_coopflow.sampling import sample
+
+    o = coop.o
+    std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
     xs, ys = [], []
-    try:
-        for i in range(0, n, batch):
-            x = coop.propose(min(batch, n - i))
-            xs.append(x.numpy())
-            ys.append(coop.revise(x, epoch, train=True).numpy())
-    finally:
-        for m, w in zip(nets, was):
-            m.train(w)
+    for i in range(0, n, batch):
+        x, y = sample(coop.flow, coop.ebm, min(batch, n - i), n_steps=o.n_steps, step_size=o.step_size,
+                      delta_clip=o.delta_clip, image_clip=o.image_clip, noise_std=std,
+                      langevin_step=coop.langevin_step)
+        xs.append(x.numpy())
+        ys.append(y.numpy())
     return np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
 
 
@@ -130,14 +119,12 @@ def density_grids(coop, cfg: Config):
     r, g = cfg.Toy.plot_range, cfg.Toy.grid_resolution
     centers = (np.arange(g) + 0.5) / g * 2 * r - r
     xx, yy = np.meshgrid(centers, centers)  # row index = y, so imshow(origin='lower') is upright
+    from paddle_coopflow.sampling import nets_in_mode
+
     pts = paddle.to_tensor(np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32))
-    coop.flow.eval()
-    coop.ebm.eval()
-    with paddle.no_grad():
+    with nets_in_mode((coop.flow, coop.ebm), training=False), paddle.no_grad():
         q = np.exp(-coop.flow.nll(pts).numpy().astype(np.float64))
         f = coop.ebm(pts).numpy().astype(np.float64)
-    coop.flow.train()
-    coop.ebm.train()
     cell = (2 * r / g) ** 2
     p = np.exp(f - f.max())
     p /= p.sum() * cell
@@ -294,11 +281,6 @@ def main(argv=None) -> int:
     from paddle_coopflow.utils.env import resolve_device, seed_everything, setup_threads
 
     out = prepare_run_dir(cfg)
-    from paddle_coopflow import langevin_fast
-
-    # The static oneDNN Langevin step segfaults with the MLP EBM (matmul_grad, Paddle 3.3.1), and a
-    # segfault cannot fall back: the toy always runs the dygraph step.
-    langevin_fast.set_mode("off")
     threads = setup_threads(cfg.Global.threads)
     device = resolve_device(cfg.Global.device)
     seed_everything(cfg.Global.seed)

@@ -2,6 +2,9 @@
 
     python tools/train.py -c configs/celeba_t30.yaml [-o Section.key=value ...] [--resume PREFIX] [--dry-run]
     python -m paddle.distributed.launch --nproc_per_node 2 tools/train.py -c configs/digits_demo.yaml
+
+Exit status: 0 done; 2 a user error (one line); 143 / 130 stopped by SIGTERM / SIGINT after saving
+ckpt/latest at the last iteration boundary (docs/training.md).
 """
 import argparse
 import sys
@@ -28,12 +31,15 @@ def main(argv=None):
         for name, n in param_counts(cfg).items():
             print(f"params/{name}: {n:,}")
         return 0
-    from paddle_coopflow.trainer import Trainer
+    from paddle_coopflow.engine import Trainer, TrainingStopped
 
     try:
         Trainer(cfg, resume=args.resume).train()
-    except KeyboardInterrupt:
-        print("interrupted; latest checkpoint saved", file=sys.stderr)
+    except TrainingStopped as stopped:  # SIGTERM / SIGINT: latest saved at the iteration boundary
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:  # a second signal abandoned the iteration in progress
+        print("interrupted; latest is the last checkpoint written at an iteration boundary", file=sys.stderr)
         return 130
     return 0
 

@@ -1,0 +1,111 @@
+"""What a run produces besides checkpoints: sample grids, in-training FID and `best`, exported programs.
+
+Each function takes the :class:`~paddle_coopflow.engine.trainer.Trainer` and runs on rank 0 only.
+Sampling for grids and FID restores every RNG state afterwards, so outputs never change the numbers
+of the training run.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from .. import checkpoint as ckpt
+from ..logger import save_png, to_uint8_grid
+
+__all__ = ["fixed_noise", "sample_grid", "evaluate_fid", "export_final"]
+
+
+def fixed_noise(cfg, flow, dataset):
+    """The noise batch behind every sample grid: z [n, *z_shape] for a flow, else U(-1, 1) starts.
+
+    Drawn from its own NumPy stream (Global.seed + 12345), so grids are comparable over time and
+    resume-proof.
+    """
+    import paddle
+
+    rs = np.random.RandomState(cfg.Global.seed + 12345)
+    n = cfg.Global.grid_size
+    if flow is not None:
+        return paddle.to_tensor(rs.randn(n, *flow.z_shape).astype("float32"))
+    shape = dataset[0][0].shape
+    return paddle.to_tensor(rs.uniform(-1, 1, (n,) + tuple(shape)).astype("float32"))
+
+
+def sample_grid(tr) -> Optional[str]:
+    """Fixed-noise grid: flow proposals (left) | Langevin revisions (right); returns the PNG path."""
+    from ..sampling import sample
+
+    if tr.rank != 0:
+        return None
+    lg = tr.cfg.Langevin
+    state = ckpt.rng_state()
+    try:
+        prop, rev = sample(tr.flow, tr.ebm, z=tr.fixed_noise, n_steps=lg.n_steps, step_size=lg.test_step_size,
+                           delta_clip=lg.delta_clip, image_clip=tuple(lg.image_clip) if lg.image_clip else None,
+                           langevin_step=tr.learner.langevin_step)
+    finally:
+        ckpt.set_rng_state(state)
+    panels = [prop] if tr.ebm is None else [prop, rev]
+    grids = [to_uint8_grid(p.numpy()) for p in panels]
+    if len(grids) == 2:
+        sep = np.full((grids[0].shape[0], 6, 3), 255, np.uint8)
+        img = np.concatenate([grids[0], sep, grids[1]], axis=1)
+    else:
+        img = grids[0]
+    path = os.path.join(tr.run_dir, "samples", f"iter_{tr.global_iter:07d}.png")
+    save_png(img, path)
+    tr.log.image("samples/flow_vs_coopflow", img, tr.global_iter)
+    return path
+
+
+def evaluate_fid(tr) -> Optional[float]:
+    """In-training FID (Eval section) of the current nets; may make the current checkpoint `best`.
+
+    Called after the epoch's checkpoint is saved, so a failing FID never loses the epoch.
+    """
+    from ..evaluation import in_training_fid
+
+    if tr.rank != 0:
+        return None
+    state = ckpt.rng_state()
+    try:
+        fid = in_training_fid(tr)
+    finally:
+        ckpt.set_rng_state(state)
+    n = tr.cfg.Eval.fid_num_samples
+    tr.log.record(tr.global_iter, {f"eval/fid_{n}": fid})
+    tr.log.info(f"epoch {tr.epoch}: FID({n} samples) = {fid:.3f}")
+    if fid < tr.best["value"]:
+        tr.best = {"metric": f"fid_{n}", "value": fid, "epoch": tr.epoch}
+        link_best(tr)
+    return fid
+
+
+def link_best(tr) -> None:
+    """Save the current state (it records the new best) and point ``ckpt/best`` at it."""
+    prefix = tr.save(f"iter_{tr.global_iter:07d}")
+    if prefix:
+        ckpt.link_checkpoint(prefix, os.path.join(tr.ckpt_dir, "best"))
+        tr.log.info(f"best {tr.best['metric']} = {tr.best['value']:.4f}: {prefix} -> best")
+
+
+def export_final(tr) -> None:
+    """Deployable programs of the final nets (``inference/``) and of ``best`` (``inference_best/``)."""
+    ex = tr.cfg.Export
+    if not ex.on_train_end or tr.rank != 0 or tr.ebm is None or tr.flow is None:
+        return
+    from ..export import export_all, export_checkpoint
+
+    out = ex.save_dir or os.path.join(tr.run_dir, "inference")
+    try:
+        export_all(tr.cfg, tr.flow, tr.ebm, out)
+        tr.log.info(f"exported inference programs to {out} (deploy/python/infer.py --model_dir {out})")
+        best = os.path.join(tr.ckpt_dir, "best")
+        if ckpt.checkpoint_exists(best):
+            export_checkpoint(tr.cfg, best, out.rstrip("/") + "_best")
+            tr.log.info(f"exported the best checkpoint to {out.rstrip('/')}_best")
+    except Exception as err:  # the checkpoints are safe; export can be redone with tools/export_model.py
+        tr.log.info(f"export failed ({type(err).__name__}: {err}); run tools/export_model.py -c ... "
+                    f"--ckpt {os.path.join(tr.ckpt_dir, 'latest')} after fixing it")

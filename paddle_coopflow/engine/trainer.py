@@ -1,0 +1,464 @@
+"""The training loop and its phases; one :class:`Trainer` runs every setting of the paper.
+
+    epochs [0, P)          phase 'pretrain'  flow maximum likelihood           (CoopFlow(Pre) step 1)
+    epochs [P, P + W)      phase 'warmup'    flow frozen, EBM trained          (CoopFlow(Pre) step 2)
+    epochs [P + W, end)    phase 'coop'      Algorithm 1                       (all settings)
+
+with P = Train.pretrain_epochs (0 when Train.init_flow loads a pre-trained flow), W =
+Train.warmup_epochs (+1 with Train.warmup_off_by_one, the official scripts' extra frozen epoch).
+`Train.mode: flow_only | langevin_only` runs the two baselines instead (phase 'flow' / 'ebm').
+
+The flow's pre-training has its own optimizer. At the switch to the warm-up the cooperative learner
+starts with fresh optimizers for both nets (new Adam moments, the LR warm-up from gstep 0), as the
+official scripts do when they load a pre-trained flow into a new job.
+
+Stopping: SIGTERM/SIGINT finish the current iteration, save ``latest`` at that boundary and raise
+:class:`~paddle_coopflow.engine.signals.TrainingStopped`; a corrupt image met mid-run saves ``latest``
+and stops with a one-line error; a streak of non-finite steps never saves and names the last
+checkpoint written before it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from .. import checkpoint as ckpt
+from ..builder import build_ebm, build_flow, count_params
+from ..config import Config, ConfigError
+from ..errors import UserError
+from ..logger import RunLogger, log_line
+from ..utils.env import resolve_device, seed_everything, setup_threads
+from . import distributed as ddp
+from . import outputs
+from .checkpointing import (checkpoint_label, iter_prefix_name, load_training_checkpoint, prune,
+                            save_training_checkpoint, stale_temp_files)
+from .rundir import holds_run, move_aside, refuse_existing, truncate_stats
+from .signals import StopOnSignal, TrainingStopped
+
+__all__ = ["Trainer", "langevin_engine_in_use"]
+
+# stats key → (VisualDL tag) aggregated (mean) over a log interval
+_TAGS = {
+    "ebm_loss": "train/ebm_loss", "f_data": "train/f_data", "f_revised": "train/f_revised",
+    "f_proposal": "train/f_proposal", "flow_nll": "train/flow_nll", "flow_bpd": "train/flow_bpd",
+    "flow_grad_norm": "train/flow_grad_norm", "ebm_grad_norm": "train/ebm_grad_norm",
+    "lr_flow": "lr/flow", "lr_ebm": "lr/ebm", "langevin_mse": "langevin/mse_change",
+    "langevin_delta_clip_frac": "langevin/delta_clip_frac", "noise_std": "langevin/noise_std",
+}
+
+
+def langevin_engine_in_use(step) -> str:
+    """'static' | 'dygraph' | 'none': the Langevin step a learner takes (its `langevin_step`, or None without EBM).
+
+    The step is chosen by Langevin.engine, the device and the build only (never by timing), so a
+    resumed run takes the same step as the run it continues when the config is the same.
+    """
+    if step is None:
+        return "none"
+    return "static" if hasattr(step, "static") else "dygraph"
+
+
+class Trainer:
+    """Build everything from a :class:`Config` and run it.
+
+    Nothing is written before the config, the data and the checkpoint to resume from have loaded.
+
+    Args:
+        cfg: the resolved config.
+        resume: checkpoint prefix to resume from (restores everything), or None.
+    """
+
+    def __init__(self, cfg: Config, resume: Optional[str] = None):
+        import paddle
+
+        from ..evaluation import check_fid_setup
+
+        self.cfg = cfg
+        g, t = cfg.Global, cfg.Train
+        self.rank, self.world_size = ddp.dist_info()
+        self.run_dir = g.output_dir
+        self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
+        if self.rank == 0 and not resume and not g.overwrite and holds_run(self.run_dir):
+            refuse_existing(self.run_dir)
+        check_fid_setup(cfg)
+        ddp.init_parallel(self.world_size)
+        self.device = resolve_device(g.device)
+        self.threads = setup_threads(g.threads, self.world_size) if self.device == "cpu" else 0
+        self._notes = [f"rank {self.rank}/{self.world_size} device {self.device} threads {self.threads} "
+                       f"paddle {paddle.__version__}"]
+
+        seed_everything(g.seed)  # identical initialisation on every rank
+        self.flow = build_flow(cfg.Flow) if t.mode != "langevin_only" else None
+        self.ebm = build_ebm(cfg.EBM) if t.mode != "flow_only" else None
+        for name, net in (("flow", self.flow), ("ebm", self.ebm)):
+            if net is not None:
+                self._notes.append(f"{name}: {type(net).__name__} with {count_params(net):,} parameters")
+
+        from ..data import build_dataloader, build_dataset
+
+        self._build_loader = build_dataloader
+        self.dataset = build_dataset(cfg.Data, cfg.Data.split)
+        self.iters_per_epoch = len(self._loader(0, 0))
+        if self.iters_per_epoch == 0:
+            raise UserError(f"dataset {cfg.Data.name} at {cfg.Data.root} gives no batch of size {t.batch_size}")
+        self._set_phases()
+        self._build_learners()
+        self.langevin_engine = {"config": cfg.Langevin.engine,
+                                "in_use": langevin_engine_in_use(self.learner.langevin_step)}
+        self._notes.append(f"Langevin step: {self.langevin_engine['in_use']} (Langevin.engine={cfg.Langevin.engine}; "
+                           "recorded in every checkpoint)")
+
+        self.epoch, self.batch_pos, self.global_iter = 0, 0, 0
+        self.counters = {"ebm_skipped": 0, "flow_skipped": 0, "nonfinite": 0}
+        self.consecutive_nonfinite = 0
+        self.best = {"metric": None, "value": math.inf, "epoch": -1}
+        self.last_saved: Optional[str] = None
+        self._epoch_bpd: list = []
+        self._in_step = False
+        if resume:
+            self._resume(resume)
+        elif t.init_flow and self.flow is not None:
+            state = ckpt.load_checkpoint(t.init_flow, need=(".pdparams",))["params"]
+            ckpt.load_params_into(self.flow, state["flow"], "flow")
+            self._notes.append(f"flow initialised from {t.init_flow} (pre-trained; ActNorm already initialised)")
+        if not resume:
+            seed_everything(g.seed + 1000 * self.rank)  # per-rank randomness after identical construction
+        self._boundary_rng = ckpt.rng_state()
+        self.fixed_noise = outputs.fixed_noise(cfg, self.flow, self.dataset)
+        self.loss_nets = None
+        self._open_run_dir(resume)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _set_phases(self) -> None:
+        t = self.cfg.Train
+        coop = t.mode == "coopflow"
+        self.P = t.pretrain_epochs if coop and not t.init_flow else 0
+        if coop and t.init_flow and t.pretrain_epochs:
+            self._notes.append(f"Train.init_flow is set: the {t.pretrain_epochs} pre-training epochs are skipped")
+        self.W = (t.warmup_epochs + (1 if t.warmup_off_by_one and t.warmup_epochs else 0)) if coop else 0
+        self.total_epochs = self.P + (t.warmup_epochs if coop else 0) + t.coop_epochs
+
+    def _build_learners(self) -> None:
+        """The learner of the run's mode, and one with its own flow optimizer for the pre-training phase."""
+        from ..coopflow import CoopFlow, CoopFlowOptions
+        from ..optim import build_optimizers
+
+        fo, eo = build_optimizers(self.cfg, self.flow, self.ebm)
+        self.optims = {k: (b, net) for k, b, net in (("flow", fo, self.flow), ("ebm", eo, self.ebm)) if b}
+        self.learner = CoopFlow(self.flow, self.ebm, fo, eo, CoopFlowOptions.from_config(self.cfg))
+        self.pre_learner = None
+        if self.P > 0:
+            pfo, _ = build_optimizers(self.cfg, self.flow, None)
+            self.optims["pre_flow"] = (pfo, self.flow)
+            self.pre_learner = CoopFlow(self.flow, None, pfo, None, CoopFlowOptions.from_config(self.cfg, "flow_only"))
+
+    def _open_run_dir(self, resume: Optional[str]) -> None:
+        """Create or tidy the run directory (rank 0), open the logs and write what happened so far."""
+        g = self.cfg.Global
+        if self.rank == 0:
+            if not resume and g.overwrite and holds_run(self.run_dir):
+                dest = move_aside(self.run_dir)
+                self._notes.append(f"Global.overwrite: the previous run in {self.run_dir} was moved to {dest}")
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            for f in stale_temp_files(self.ckpt_dir):
+                os.remove(f)
+                self._notes.append(f"removed {f} (left by a save that was killed)")
+            if resume:
+                n = truncate_stats(os.path.join(self.run_dir, "stats.jsonl"), self.global_iter)
+                if n:
+                    self._notes.append(f"stats.jsonl: dropped {n} records after iter {self.global_iter}")
+        self.log = RunLogger(self.run_dir, enabled=self.rank == 0, use_visualdl=g.use_visualdl)
+        for line in self._notes:
+            self.log.info(line)
+        if self.rank == 0:
+            with open(os.path.join(self.run_dir, "config.yaml"), "w") as fh:
+                fh.write(self.cfg.dump())
+            self.log.info("resolved config:\n" + self.cfg.dump())
+
+    def _loader(self, epoch: int, start_batch: int):
+        d, t = self.cfg.Data, self.cfg.Train
+        return self._build_loader(self.dataset, t.batch_size, shuffle=True, seed=self.cfg.Global.seed,
+                                  epoch=epoch, start_batch=start_batch, num_workers=d.num_workers,
+                                  use_shared_memory=d.use_shared_memory, rank=self.rank,
+                                  world_size=self.world_size)
+
+    def phase_of(self, epoch: int) -> str:
+        """'pretrain' | 'warmup' | 'coop' (CoopFlow), 'flow' (flow_only) or 'ebm' (langevin_only)."""
+        t = self.cfg.Train
+        if t.mode == "flow_only":
+            return "flow"
+        if t.mode == "langevin_only":
+            return "ebm"
+        if epoch < self.P:
+            return "pretrain"
+        return "warmup" if epoch < self.P + self.W else "coop"
+
+    def _learner_for(self, phase: str):
+        if phase == "pretrain":
+            return self.pre_learner
+        if self.pre_learner is not None:  # the flow's pre-training is over: its optimizer goes
+            self.pre_learner = None
+            self.optims.pop("pre_flow", None)
+            self.log.info(f"epoch {self.epoch + 1}: flow pre-training done; phase '{phase}' starts with fresh "
+                          "optimizers for both nets (new Adam moments, LR warm-up from gstep 0)")
+        return self.learner
+
+    # ------------------------------------------------------------------------------------------ state
+    def _state(self) -> Dict:
+        """Progress at the last completed iteration boundary (what a checkpoint records)."""
+        return {"epoch": self.epoch, "batch_pos": self.batch_pos, "global_iter": self.global_iter,
+                "gstep": self.learner.gstep, "pre_gstep": self.pre_learner.gstep if self.pre_learner else None,
+                "phase": self.phase_of(min(self.epoch, self.total_epochs - 1)), "counters": dict(self.counters),
+                "best": dict(self.best), "epoch_bpd": list(self._epoch_bpd), "rng": self._boundary_rng,
+                "langevin_engine": dict(self.langevin_engine), "config": self.cfg.to_dict()}
+
+    def save(self, name: str, link_latest: bool = True) -> Optional[str]:
+        """Write checkpoint ``ckpt/<name>`` (rank 0) and point ``latest`` at it; never inside a NaN streak.
+
+        Returns:
+            the prefix written, or None (other rank, or skipped during a streak of non-finite steps).
+        """
+        if self.rank != 0:
+            return None
+        if self.consecutive_nonfinite:
+            self.log.info(f"not saving {name}: {self.consecutive_nonfinite} non-finite steps in a row "
+                          f"(last checkpoint before them: {self.last_saved or 'none'})")
+            return None
+        prefix = os.path.join(self.ckpt_dir, name)
+        nets = {"flow": self.flow, "ebm": self.ebm}
+        save_training_checkpoint(prefix, nets, self.optims, self._state())
+        if link_latest and name != "latest":
+            ckpt.link_checkpoint(prefix, os.path.join(self.ckpt_dir, "latest"))
+        if name.startswith("iter_"):
+            prune(self.ckpt_dir, self.cfg.Global.keep_checkpoints)
+        self.last_saved = prefix if name.startswith("iter_") else os.path.join(self.ckpt_dir, "latest")
+        return prefix
+
+    def _resume(self, prefix: str) -> None:
+        def optims_for(states: Dict) -> Dict:
+            if self.pre_learner is not None and states["epoch"] >= self.P:  # resumed after the pre-training
+                self.pre_learner = None
+                self.optims.pop("pre_flow", None)
+            return self.optims
+
+        s = load_training_checkpoint(prefix, {"flow": self.flow, "ebm": self.ebm}, optims_for)
+        self.epoch, self.batch_pos, self.global_iter = s["epoch"], s["batch_pos"], s["global_iter"]
+        self.learner.gstep = s["gstep"]
+        if self.pre_learner is not None:
+            self.pre_learner.gstep = s.get("pre_gstep") or 0
+        self.counters.update(s["counters"])
+        self.consecutive_nonfinite = 0  # a resumed run starts a new streak count
+        self.best = s["best"]
+        self._epoch_bpd = list(s.get("epoch_bpd", []))
+        ckpt.set_rng_state(s["rng"])
+        self._notes.append(f"resumed from {prefix}: {checkpoint_label(s)}")
+        old = (s.get("langevin_engine") or {}).get("in_use")
+        if old and old != self.langevin_engine["in_use"]:
+            self._notes.append(f"the checkpoint was trained with the {old} Langevin step; this run takes the "
+                               f"{self.langevin_engine['in_use']} step as Langevin.engine="
+                               f"{self.cfg.Langevin.engine} decides here (numbers differ at float rounding)")
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _data_init(self) -> bool:
+        """ActNorm data-dependent init on the first `data_init_group` batches; True if it ran.
+
+        The official code sends several groups of batches through the flow but only the first has an
+        effect (ActNorm initialises once); we send that one. Training then starts at batch
+        `data_init_batches` of epoch 0, as there.
+        """
+        import paddle
+
+        t = self.cfg.Train
+        if self.flow is None or self.flow.is_initialized:
+            return False
+        if t.data_init_batches >= self.iters_per_epoch:
+            raise ConfigError(f"Train.data_init_batches={t.data_init_batches} must be below the "
+                              f"{self.iters_per_epoch} batches of an epoch")
+        batches = []
+        for i, (x, _) in enumerate(self._loader(0, 0)):
+            if i >= max(1, min(t.data_init_group, t.data_init_batches)):
+                break
+            batches.append(x)
+        self.flow.train()
+        with paddle.no_grad():
+            self.flow.nll(paddle.concat(batches))
+        if self.world_size > 1:  # every rank takes rank 0's ActNorm statistics
+            ddp.broadcast_state(self.flow)
+        self.log.info(f"ActNorm data-dependent init on {sum(len(b) for b in batches)} images; "
+                      f"training starts at batch {t.data_init_batches} of epoch 1")
+        return True
+
+    def train(self) -> Dict:
+        """Run to the end (or Train.max_iters). Returns {"global_iter", "counters", "best"}.
+
+        Raises:
+            TrainingStopped: SIGTERM/SIGINT; ``latest`` was saved at the iteration boundary.
+            UserError: a streak of non-finite steps, or a corrupt image met mid-run (``latest`` saved).
+        """
+        try:
+            return self._train()
+        finally:
+            self.log.close()
+
+    def _train(self) -> Dict:
+        from ..data import DatasetError
+
+        t = self.cfg.Train
+        if self.global_iter == 0 and self.epoch == 0 and self.batch_pos == 0 and self._data_init():
+            self.batch_pos = t.data_init_batches
+        if self.world_size > 1 and self.loss_nets is None:
+            self.loss_nets = ddp.make_loss_nets(self.flow, self.ebm)
+            for lr in (self.learner, self.pre_learner):
+                if lr is not None:
+                    lr.loss_flow, lr.loss_ebm = self.loss_nets
+        self._boundary_rng = ckpt.rng_state()
+        self.log.info(f"{self.total_epochs} epochs x {self.iters_per_epoch} iterations "
+                      f"(batch {t.batch_size} x {self.world_size} ranks); run dir {self.run_dir}")
+        with StopOnSignal() as stop:
+            try:
+                self._run_epochs(stop)
+            except KeyboardInterrupt:
+                self._interrupted()
+                raise
+            except DatasetError as err:
+                where = self._save_at_boundary()
+                raise UserError(f"stopped at iter {self.global_iter}: {err} ({where})") from None
+        if stop.requested:
+            where = self._save_at_boundary()
+            self.log.info(f"{stop.name}: stopped at epoch {self.epoch + 1} batch {self.batch_pos} "
+                          f"iter {self.global_iter}; {where}")
+            raise TrainingStopped(stop.signum, f"{stop.name} received; {where}")
+        return self._finish()
+
+    def _run_epochs(self, stop: StopOnSignal) -> None:
+        t, g = self.cfg.Train, self.cfg.Global
+        total_iters = self.total_epochs * self.iters_per_epoch
+        agg: Dict[str, list] = {}
+        clock = {"t": time.time(), "it": self.global_iter, "t0": time.time(), "it0": self.global_iter}
+        while self.epoch < self.total_epochs:
+            phase = self.phase_of(self.epoch)
+            learner = self._learner_for(phase)
+            for x, _ in self._loader(self.epoch, self.batch_pos):
+                if stop.requested or (t.max_iters and self.global_iter >= t.max_iters):
+                    return
+                self._in_step = True
+                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "warmup")
+                self.batch_pos += 1
+                self.global_iter += 1
+                self._boundary_rng = ckpt.rng_state()
+                self._in_step = False
+                self._account(stats, agg)
+                if self.global_iter % g.log_interval == 0:
+                    self._log_interval(phase, agg, clock, total_iters)
+                    agg = {}
+                if g.sample_interval and self.global_iter % g.sample_interval == 0:
+                    outputs.sample_grid(self)
+                if g.save_interval and self.global_iter % g.save_interval == 0:
+                    self.save(iter_prefix_name(self.global_iter))
+            self.epoch += 1
+            self.batch_pos = 0
+            self._end_of_epoch(phase, fid=not stop.requested)
+
+    def _save_at_boundary(self) -> str:
+        """Save ``latest`` at the last completed iteration; returns a phrase saying where it is."""
+        if self.rank != 0:
+            return "rank 0 saves"
+        prefix = self.save("latest", link_latest=False)
+        if prefix is None:
+            return f"latest not updated inside a non-finite streak; last good checkpoint: {self.last_saved}"
+        return f"resume with --resume {prefix} ({checkpoint_label(self._state())})"
+
+    def _interrupted(self) -> None:
+        if self._in_step:
+            self.log.info(f"interrupted inside iter {self.global_iter + 1}: abandoned; nothing saved "
+                          f"(last checkpoint: {self.last_saved or 'none'})")
+        else:
+            self.log.info(f"interrupted: {self._save_at_boundary()}")
+
+    def _finish(self) -> Dict:
+        g = self.cfg.Global
+        self.save(iter_prefix_name(self.global_iter))
+        if g.sample_interval:
+            outputs.sample_grid(self)
+        self.log.info(f"done: {self.global_iter} iterations; checkpoints in {self.ckpt_dir}; "
+                      f"samples in {os.path.join(self.run_dir, 'samples')}")
+        if self.world_size > 1:
+            same, msg = ddp.check_ranks_agree((self.flow, self.ebm), self.world_size)
+            print(f"[rank {self.rank}] {msg}", flush=True)
+            self.log.info(msg)
+        outputs.export_final(self)
+        return {"global_iter": self.global_iter, "counters": dict(self.counters), "best": dict(self.best)}
+
+    def _account(self, stats: Dict, agg: Dict) -> None:
+        for k in ("ebm_skipped", "flow_skipped"):
+            self.counters[k] += int(bool(stats.get(k, False)))
+        if stats.get("nonfinite"):
+            self.counters["nonfinite"] += 1
+            self.consecutive_nonfinite += 1
+            self.log.info(f"non-finite loss/energy/gradient at iter {self.global_iter}: step skipped "
+                          f"({self.consecutive_nonfinite} in a row, {self.counters['nonfinite']} total)")
+            if self.consecutive_nonfinite >= self.cfg.Global.max_consecutive_nonfinite:
+                last = self.last_saved or "none saved yet"
+                raise UserError(f"{self.consecutive_nonfinite} consecutive non-finite steps at iter "
+                                f"{self.global_iter}; stopping. Last good checkpoint (written before the streak): "
+                                f"{last} (lower the learning rate or step size and resume from it)")
+        else:
+            self.consecutive_nonfinite = 0
+        for k, v in stats.items():
+            if k in _TAGS and isinstance(v, float):
+                agg.setdefault(k, []).append(v)
+        if self.cfg.Train.mode == "flow_only" and math.isfinite(stats.get("flow_bpd", math.nan)):
+            self._epoch_bpd.append(stats["flow_bpd"])
+
+    def _log_interval(self, phase: str, agg: Dict, clock: Dict, total_iters: int) -> None:
+        t = self.cfg.Train
+        now = time.time()
+        cost = (now - clock["t"]) / max(1, self.global_iter - clock["it"])
+        rate = (now - clock["t0"]) / max(1, self.global_iter - clock["it0"])
+        eta = rate * ((t.max_iters or total_iters) - self.global_iter)
+        clock.update(t=now, it=self.global_iter)
+        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in agg.items()}
+        bs = t.batch_size * self.world_size
+        shown = {k: v for k, v in means.items() if math.isfinite(v)}
+        shown.update({"skip_ebm": self.counters["ebm_skipped"], "skip_flow": self.counters["flow_skipped"],
+                      "nonfinite": self.counters["nonfinite"]})
+        self.log.info(log_line(phase, self.epoch, self.total_epochs, self.global_iter,
+                               t.max_iters or total_iters, shown, cost, bs / max(cost, 1e-9), eta))
+        rec = {_TAGS[k]: v for k, v in means.items()}
+        rec.update({"train/skipped_ebm_total": float(self.counters["ebm_skipped"]),
+                    "train/skipped_flow_total": float(self.counters["flow_skipped"]),
+                    "train/nonfinite_total": float(self.counters["nonfinite"]),
+                    "time/batch_cost": cost, "time/ips": bs / max(cost, 1e-9),
+                    "phase": phase, "epoch": self.epoch})
+        self.log.record(self.global_iter, rec)
+
+    def _end_of_epoch(self, phase: str, fid: bool = True) -> None:
+        """Epoch checkpoint, then FID (never while the flow pre-trains), then `best` by bits/dim."""
+        g, e = self.cfg.Global, self.cfg.Eval
+        fid_due = fid and e.fid_every_epochs and self.epoch % e.fid_every_epochs == 0 and phase != "pretrain"
+        if fid_due or (g.save_every_epochs and self.epoch % g.save_every_epochs == 0):
+            self.save(iter_prefix_name(self.global_iter))
+        if fid_due:
+            self.evaluate_fid()
+        if self._epoch_bpd and not e.fid_every_epochs:
+            # Without FID, a flow-only run keeps as `best` the epoch with the lowest mean training bits/dim
+            # (the EBM loss is no quality measure, so other modes have no `best` until FID is on).
+            bpd = float(np.mean(self._epoch_bpd))
+            self._epoch_bpd = []
+            self.log.record(self.global_iter, {"train/epoch_bpd": bpd})
+            if bpd < self.best["value"]:
+                self.best = {"metric": "train_bpd", "value": bpd, "epoch": self.epoch}
+                outputs.link_best(self)
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def sample_grid(self) -> Optional[str]:
+        """Fixed-noise grid of proposals | revisions (see :func:`outputs.sample_grid`)."""
+        return outputs.sample_grid(self)
+
+    def evaluate_fid(self) -> Optional[float]:
+        """In-training FID; may select `best` (see :func:`outputs.evaluate_fid`)."""
+        return outputs.evaluate_fid(self)
