@@ -11,27 +11,29 @@ drawn inside a graph), plus an ``infer_cfg.yml`` that describes them::
     langevin_step      x [N, C, H, W] (, shift [N, C, H, W])  -> (x_next [N, C, H, W], f(x) [N]): ONE step of
                                                                eq. (3), grad-free (EBMRes only, see below)
 
-``langevin_step`` computes ∇ₓf of an EBMRes with forward ops only
-(:func:`~paddle_coopflow.langevin_fast.res_energy_and_grad`), so, unlike the programs with gradient ops,
-it runs in Paddle Inference with oneDNN on; a deployment loops it T times in Python (a ``while`` op
-segfaults under oneDNN) after ``flow_generator``. ``infer_cfg.yml`` marks it ``onednn: true``.
+``langevin_step`` computes ∇ₓf of an EBMRes with forward ops only (``EBMRes.energy_and_grad``), so,
+unlike the programs with gradient ops, it runs in Paddle Inference with oneDNN on; a deployment loops
+it T times in Python (a ``while`` op segfaults under oneDNN) after ``flow_generator``.
+``infer_cfg.yml`` marks it ``onednn: true``. Every program reaches eq. (3) through
+:func:`~paddle_coopflow.langevin.langevin_update`, as training and generation do.
 
-Facts this relies on (PADDLE_NOTES §1-§3, §8.2):
-- A program with ``paddle.grad`` inside exports only when the *outer* layer has training=False,
-  so every wrapper is put in eval mode before tracing.
-- The Langevin step clones its input (langevin.py), because the PIR in-place pass would otherwise
-  overwrite the caller's tensor.
+Facts this relies on (docs/paddle_notes.md):
+- A program with ``paddle.grad`` inside exports only when the *outer* layer has training=False, so
+  every wrapper is put in eval mode before tracing ("Static programs with paddle.grad: training=False
+  on the wrapper").
+- The Langevin step clones its input, because the PIR in-place pass would otherwise overwrite the
+  caller's tensor ("The in-place pass and detached inputs").
 - Paddle 3 writes ``<name>.json`` (PIR) + ``<name>.pdiparams``; older Paddle ``<name>.pdmodel``.
   :func:`find_model_file` accepts both.
 - Running the first four programs in Paddle Inference needs ``config.disable_mkldnn()`` (or deleting
-  ``inplace_pass``): with oneDNN on, grad programs fail and the bisection inverse is silently wrong.
+  ``inplace_pass``): with oneDNN on, grad programs fail and the bisection inverse is silently wrong
+  ("Paddle Inference: oneDNN, gradient ops and the in-place pass").
 
 The networks handed to :func:`export_all` are deep-copied, so a trainer's nets keep their mode,
 their ``stop_gradient`` flags and their dygraph behaviour (``to_static`` converts a layer in place).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import os
@@ -43,8 +45,8 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from .errors import UserError
-from .langevin import langevin_step, noise_decay_factor
-from .langevin_fast import _StepProgram, res_adjoint_weights, supports_manual
+from .accel.langevin_step import LangevinStepLayer, supports_manual_grad
+from .langevin import langevin_flow, langevin_step, noise_std_for
 from .version import __version__
 
 __all__ = ["PROGRAMS", "ONEDNN_SAFE", "FlowGenerator", "Energy", "EnergyGrad", "CoopFlowSampler",
@@ -90,7 +92,8 @@ class EnergyGrad(nn.Layer):
         self.ebm = ebm
 
     def forward(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        # clone, not detach: under PIR the in-place pass would write into the feed (PADDLE_NOTES §8.2)
+        # clone, not detach: under PIR the in-place pass would write into the feed (docs/paddle_notes.md,
+        # "The in-place pass and detached inputs")
         xg = x.clone()
         xg.stop_gradient = False
         with paddle.set_grad_enabled(True):
@@ -131,17 +134,13 @@ class SamplerSettings:
 def sampler_settings(cfg) -> SamplerSettings:
     """Sampler settings from a Config: T = Langevin.n_steps at Langevin.test_step_size.
 
-    Noise follows Langevin.noise: 'none' → no noise input (the official sampler); 'constant' → σ =
-    noise_std; 'decay' → σ at the end of the run, noise_std·r(coop_epochs) of eq. (10) (0, hence no
-    noise input, once coop_epochs ≥ K).
+    Noise follows Langevin.noise through :func:`~paddle_coopflow.langevin.noise_std_for` at the end of
+    the run (epoch = Train.coop_epochs): 'none' → no noise input (the official sampler); 'constant' → σ =
+    noise_std; 'decay' → noise_std·r(coop_epochs) of eq. (10) (0, hence no noise input, once
+    coop_epochs ≥ K).
     """
     lg = cfg.Langevin
-    if lg.noise == "constant":
-        std = lg.noise_std
-    elif lg.noise == "decay":
-        std = lg.noise_std * noise_decay_factor(cfg.Train.coop_epochs, lg.noise_decay_K)
-    else:
-        std = 0.0
+    std = noise_std_for(lg.noise, cfg.Train.coop_epochs, lg.noise_decay_K, lg.noise_std)
     return SamplerSettings(lg.n_steps, lg.test_step_size, lg.delta_clip, lg.image_clip, std)
 
 
@@ -162,11 +161,11 @@ class CoopFlowSampler(nn.Layer):
 
     def forward(self, z: paddle.Tensor, noise: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         x = self.flow.inverse(z)
+        s = self.s
+        if paddle.in_dynamic_mode():   # called as a dygraph layer: exactly langevin_flow (ε pre-scaled by σ)
+            return langevin_flow(self.ebm, x, s.n_steps, s.step_size, s.delta_clip, s.image_clip,
+                                 noise_std=0.0 if noise is None else 1.0, noise=noise)
         with paddle.set_grad_enabled(True):
-            if paddle.in_dynamic_mode():
-                for k in range(self.s.n_steps):
-                    x = self._step(x, None if noise is None else noise[k])
-                return x
             # Traced: one while op around one step. Unrolling T steps made the paper-size program ~30x
             # larger, its export ~15x slower and predictor creation ~35x slower, for the same numbers.
             def body(k, x):
@@ -189,38 +188,39 @@ class LangevinStepProgram(nn.Layer):
     """x [N, C, H, W] (, shift [N, C, H, W]) → (x_next [N, C, H, W], f(x) [N]): one grad-free step of eq. (3).
 
     The step of :class:`CoopFlowSampler` (test step size, δ clip, image clip baked in), built from
-    ``langevin_fast._StepProgram`` in its 'manual' variant: ∇ₓf of the EBMRes is written with forward ops
-    only, so the program holds no gradient op and Paddle Inference can run it with oneDNN. ``shift`` is the
+    :class:`~paddle_coopflow.accel.LangevinStepLayer` (the in-process static step) in its 'manual'
+    variant: ∇ₓf of the EBMRes is written with forward ops only, so the program holds no gradient op
+    and Paddle Inference can run it with oneDNN. ``shift`` is the
     noise term s·ε with ε = σ·N(0, I) (present iff the sampler has a noise input); the program adds it
     before the image clip, as the sampler does. Looping it T times from flow⁻¹(z) gives the sampler's
     output (the tests check this).
 
-    The weight-only factors of ∇ₓf (``langevin_fast.res_adjoint_weights``: flipped, transposed 3×3
+    The weight-only factors of ∇ₓf (``EBMRes.adjoint_weights``: flipped, transposed 3×3
     kernels and the summed head) are computed once here and saved as extra frozen parameters, so the
     program does not redo them on every run: 13% faster per step under oneDNN at nf = 128 (batch 4,
     1 thread), for a parameter file about twice the EBM's size.
 
     Args:
-        ebm: an EBMRes for which ``langevin_fast.supports_manual`` holds (frozen, eval mode).
+        ebm: an EBMRes for which ``supports_manual_grad()`` holds (frozen, eval mode).
         settings: the sampler's settings.
     """
 
     def __init__(self, ebm: nn.Layer, settings: SamplerSettings):
         super().__init__()
-        if not supports_manual(ebm):
+        if not supports_manual_grad(ebm):
             raise UserError(f"langevin_step needs an EBMRes with 3x3 'same' convs; {type(ebm).__name__} "
                             "has no grad-free step (export coopflow_sampler instead)")
-        self.step = _StepProgram(ebm, settings.step_size, settings.delta_clip, settings.image_clip,
-                                 settings.noise_input, "manual")
+        self.step = LangevinStepLayer(ebm, settings.step_size, settings.delta_clip, settings.image_clip,
+                                      settings.noise_input, "manual")
         self.adjoint = nn.ParameterList()
-        for w in res_adjoint_weights(ebm):
+        for w in ebm.adjoint_weights():
             p = self.create_parameter(w.shape, dtype=w.dtype, default_initializer=nn.initializer.Assign(w))
             p.stop_gradient = True
             self.adjoint.append(p)
 
     def forward(self, x: paddle.Tensor, shift: Optional[paddle.Tensor] = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        # x_next ends in a clip, which oneDNN needs (langevin_fast._StepProgram)
-        x_next, f, _ = self.step._step(x, shift, [w for w in self.adjoint])
+        # the step's outputs end in .detach() (docs/paddle_notes.md, "The oneDNN first-run rewrite")
+        x_next, f, _ = self.step(x, ([shift] if shift is not None else []) + [w for w in self.adjoint])
         return x_next, f
 
 
@@ -243,32 +243,11 @@ def find_model_file(model_dir: str, name: str) -> Tuple[str, str]:
                             f"(+ {name}.pdiparams); run tools/export_model.py first")
 
 
-@contextlib.contextmanager
-def _traceable_slogdet():
-    """Work around a Paddle 3.3.1 PIR bug while tracing: ``slogdet`` of an [n, n] matrix is *declared*
-    with shape [n, n] instead of [2] (the run-time value is right), so InvConv's ``slogdet(W)[1]`` is
-    traced as a row of n values and its log-det then fails to broadcast against ``sldj`` [N] at trace
-    time ("Broadcast dimension mismatch"). Flattening the output first makes ``[1]`` a scalar in the
-    program and picks log|det W| at run time. Remove once InvConv flattens (or uses det) itself.
-    """
-    original = paddle.linalg.slogdet
-
-    def slogdet(x, name=None):
-        out = original(x, name=name)
-        return out if paddle.in_dynamic_mode() else out.reshape([-1])
-
-    paddle.linalg.slogdet = slogdet
-    try:
-        yield
-    finally:
-        paddle.linalg.slogdet = original
-
-
 def export_layer(layer: nn.Layer, input_spec: List[InputSpec], path_prefix: str) -> Tuple[str, str]:
     """Trace `layer` (switched to eval mode) with `input_spec` and save it; returns (model, params)."""
-    layer.eval()  # REQUIRED for programs with paddle.grad inside (PADDLE_NOTES §1)
-    with warnings.catch_warnings(), _traceable_slogdet():
-        # harmless, once per traced op that asks for .place (PADDLE_NOTES §1)
+    layer.eval()  # REQUIRED for programs with paddle.grad inside (see the module doc)
+    with warnings.catch_warnings():
+        # harmless, once per traced op that asks for .place
         warnings.filterwarnings("ignore", message=".*place' interface for pir graph mode")
         static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
         paddle.jit.save(static, path_prefix)
@@ -334,7 +313,7 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
             inputs["noise"] = [settings.n_steps, -1, c, h, w]
         wanted.append(("coopflow_sampler", CoopFlowSampler(fl, eb, settings), specs, inputs))
     # The grad-free step exists for EBMRes only; for other EBMs it is skipped (deployments use the sampler).
-    if eb is not None and "langevin_step" in programs and cfg.Export.with_sampler and supports_manual(eb):
+    if eb is not None and "langevin_step" in programs and cfg.Export.with_sampler and supports_manual_grad(eb):
         specs, inputs = [img], {"x": [-1, c, h, w]}
         if settings.noise_input:
             specs.append(InputSpec([None, c, h, w], "float32", "shift"))

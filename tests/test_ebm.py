@@ -94,3 +94,34 @@ def test_build_ebm_and_errors():
         build_ebm({"arch": "resnet"})
     with pytest.raises(ValueError, match="img_size"):
         EBMRes(3, 4, 48)
+
+
+@pytest.mark.parametrize("size", [8, 16, 64])
+def test_hand_written_input_gradient_equals_paddle_grad_in_float64(size):
+    """EBMRes.energy_and_grad (forward ops only) against paddle.grad, with the weight factors derived
+    inside or precomputed once (adjoint_weights); every block is walked (64 px: four blocks)."""
+    paddle.seed(5)
+    net = EBMRes(3, 4, size)
+    net.to(dtype="float64")
+    x = paddle.to_tensor(np.random.RandomState(0).uniform(-1, 1, (2, 3, size, size)))
+    x.stop_gradient = False
+    f_ref = net(x)
+    (g_ref,) = paddle.grad([f_ref.sum()], [x])
+    assert len(net.blocks) == {8: 1, 16: 2, 64: 4}[size]
+    for adjoint in (None, net.adjoint_weights()):
+        f, g = net.energy_and_grad(x, adjoint)
+        np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-10, atol=1e-14)
+    assert float(np.abs(g_ref.numpy()).max()) > 1e-6          # a gradient worth comparing
+
+
+def test_parts_are_found_by_name_and_manual_gradient_support():
+    net = EBMRes(3, 4, 32)
+    assert net.stem is net.f[0] and net.head is net.f[5] and net.blocks == [net.f[2], net.f[3], net.f[4]]
+    assert net.supports_manual_grad()
+    w = net.adjoint_weights()
+    assert len(w) == 1 + 3 * 3 + 1 and list(w[0].shape) == [3, 4, 3, 3] and list(w[-1].shape) == [1, 32, 4, 4]
+    assert all(t.stop_gradient for t in w)                     # weight-only factors: no graph to the weights
+    net.stem._stride = [2, 2]                                  # a conv the hand-written gradient does not cover
+    assert not net.supports_manual_grad()
+    assert not hasattr(EBMPlain(3, 4), "supports_manual_grad") and not hasattr(EBMMLP(2, 8, 1), "energy_and_grad")

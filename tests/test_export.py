@@ -19,9 +19,8 @@ TINY = [
     "Flow.num_components=3", "Flow.num_dequant_blocks=0", "Flow.use_attn=true", "Flow.drop_prob=0.0",
     "EBM.in_channels=1", "EBM.base_channels=8", "EBM.img_size=8",
     "Langevin.n_steps=3", "Langevin.test_step_size=0.5",
-    # The references are the plain dygraph flow (exports trace it anyway). With the default 'auto' the
-    # in-process oneDNN coupling programs (models/flowpp/fast_nn.py) run too, and this file segfaulted
-    # at varying tests in 5 of 7 runs (Paddle 3.3.1); with 'off', in 0 of 4.
+    # The references are the plain dygraph flow (exports trace it anyway); the static coupling programs
+    # are compared with dygraph in test_accel_coupling.py.
     "Flow.coupling_engine=dygraph",
 ]
 SHAPE = (1, 8, 8)
@@ -80,7 +79,7 @@ def _reference(name, cfg, flow, ebm, inp):
         return [f.numpy(), paddle.grad([f.sum()], [x])[0].numpy()]
     lg = cfg.Langevin
     return [langevin_flow(ebm, flow.inverse(x), lg.n_steps, lg.test_step_size, lg.delta_clip,
-                          tuple(lg.image_clip), fast=False).numpy()]
+                          tuple(lg.image_clip)).numpy()]
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -122,8 +121,8 @@ def test_energy_grad_against_finite_differences(exported):
 
 
 def test_flow_generator_bisection_inverse(tmp_path):
-    """The reference bisection inverse (a while loop in the program) exports too; the default 'fast'
-    Newton inverse is covered above."""
+    """The reference bisection inverse (a while loop in the program) exports too; the default
+    safeguarded Newton inverse is covered above."""
     from paddle_coopflow.export import export_all
 
     cfg = load_config(None, TINY + ["Flow.inverse_method=bisection"])
@@ -154,9 +153,9 @@ def test_sampler_with_noise_input(tmp_path):
     lg = cfg.Langevin
     x0 = flow.inverse(paddle.to_tensor(z))
     want = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip), noise_std=1.0,
-                         noise=paddle.to_tensor(eps), fast=False).numpy()
+                         noise=paddle.to_tensor(eps)).numpy()
     assert np.abs(got - want).max() <= 1e-4
-    quiet = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip), fast=False).numpy()
+    quiet = langevin_flow(ebm, x0, 3, lg.test_step_size, lg.delta_clip, tuple(lg.image_clip)).numpy()
     assert np.abs(got - quiet).max() > 1e-2  # the noise input is used
     assert set(paths) == {"coopflow_sampler", "infer_cfg"}
 
@@ -192,7 +191,7 @@ def _dygraph_sample(cfg, flow, ebm, z, eps=None):
     lg = cfg.Langevin
     return langevin_flow(ebm, flow.inverse(paddle.to_tensor(z)), lg.n_steps, lg.test_step_size, lg.delta_clip,
                          tuple(lg.image_clip), noise_std=0.0 if eps is None else 1.0,
-                         noise=None if eps is None else paddle.to_tensor(eps), fast=False).numpy()
+                         noise=None if eps is None else paddle.to_tensor(eps)).numpy()
 
 
 @pytest.mark.parametrize("batch", [1, 7])

@@ -59,7 +59,7 @@ def _fd_jacobian(fn, x0, h=1e-5):
 
 # --------------------------------------------------------------------------- structure
 def test_parameter_count_cifar_config():
-    """SPEC §1.12: the CIFAR configuration has exactly 28,784,792 trainable parameters."""
+    """The CIFAR configuration has exactly 28,784,792 trainable parameters, as the official Flow++ model."""
     flow = FlowPlusPlus()
     n = sum(int(np.prod(p.shape)) for p in flow.parameters() if not p.stop_gradient)
     assert n == 28_784_792
@@ -86,7 +86,7 @@ def test_state_dict_mirrors_reference_layout():
 
 
 def test_checkerboard_squeeze_conventions_match_numpy_reference():
-    """SPEC §1.4 index conventions, built by explicit loops."""
+    """The official code's index conventions (checkerboard, channel-wise, squeeze), built by explicit loops."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 4, 6)).astype("float32")
     n, c, h, w = x.shape
@@ -421,7 +421,40 @@ def test_uniform_dequant_from_config_and_validation():
         FlowPlusPlus(**{**TINY, "scales": ((1, 2),)})
     with pytest.raises(ValueError, match="squeeze"):
         FlowPlusPlus(**{**TINY, "in_shape": (3, 6, 8), "scales": ((0, 1), (0, 1), (0, 1))})
-    with pytest.raises(ValueError, match="inverse_method"):
-        FlowPlusPlus(**{**TINY, "inverse_method": "newton"})
+    with pytest.raises(ValueError, match="inverse_method.*'newton'"):   # the old name points to the new one
+        FlowPlusPlus(**{**TINY, "inverse_method": "fast"})
+    with pytest.raises(TypeError, match="fast_nn"):                     # the old argument is gone
+        FlowPlusPlus(**{**TINY, "fast_nn": "on"})
     with pytest.raises(ValueError, match="expects images of shape"):
         flow(paddle.zeros([1, 3, 8, 8]))
+
+
+def test_invconv_log_det_equals_numpy_slogdet_and_traces_with_a_scalar_shape():
+    """log|det W| of InvConv against numpy's slogdet (float64), eagerly and inside a traced program,
+    where Paddle declares slogdet's output with the wrong shape (docs/paddle_notes.md)."""
+    from paddle_coopflow.models.flowpp.inv_conv import InvConv, log_abs_det
+
+    rng = np.random.RandomState(3)
+    for n in (2, 6, 12):
+        w = rng.randn(n, n) + 3.0 * np.eye(n)
+        want = np.linalg.slogdet(w)[1]
+        got = log_abs_det(paddle.to_tensor(w))
+        assert got.shape == [] and abs(float(got.item()) - want) <= 1e-12 * max(1.0, abs(want))
+
+    layer = InvConv(3)
+
+    class Wrap(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.inv = layer
+
+        def forward(self, x):
+            (a, b), sldj = self.inv((x, x * 2.0), paddle.zeros([x.shape[0]]))
+            return sldj
+
+    static = paddle.jit.to_static(Wrap(), input_spec=[paddle.static.InputSpec([None, 3, 4, 4], "float32")],
+                                  full_graph=True)
+    out = static(paddle.rand([5, 3, 4, 4]))
+    want = np.linalg.slogdet(layer.weight.numpy().astype(np.float64))[1] * 16
+    assert out.shape == [5]
+    np.testing.assert_allclose(out.numpy(), np.full(5, want), rtol=1e-5, atol=1e-6)

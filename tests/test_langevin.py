@@ -4,7 +4,13 @@ import paddle
 import paddle.nn as nn
 import pytest
 
-from paddle_coopflow.langevin import langevin_flow, langevin_step, noise_decay_factor, noise_std_for
+import ast
+import contextlib
+import os
+
+from paddle_coopflow import langevin
+from paddle_coopflow.langevin import (langevin_flow, langevin_step, langevin_update, noise_decay_factor,
+                                      noise_std_for)
 from paddle_coopflow.models.ebm import EBMMLP, EBMRes
 
 
@@ -172,3 +178,50 @@ def test_single_step_function_is_the_building_block(quad):
     np.testing.assert_allclose(x1.numpy(), _numpy_chain(x0, a, mu, 0.5, 1, 0.1, -1, 1), atol=2e-6)
     np.testing.assert_allclose(drift.numpy(), 0.125 * (-a * (x0 - mu)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(f.numpy(), (-0.5 * a * (x0 - mu) ** 2).reshape(3, -1).sum(1), rtol=1e-5)
+
+
+def test_update_is_eq3_with_each_clip_and_the_noise_term():
+    """langevin_update alone, against the formula in float64: δ clips the gradient term only, the image
+    clip comes after the noise."""
+    rng = np.random.RandomState(4)
+    x, g, sh = (rng.uniform(-1.5, 1.5, (2, 3, 4)).astype("float32") for _ in range(3))
+    t = paddle.to_tensor
+    np.testing.assert_allclose(langevin_update(t(x), t(g), None, None).numpy(), x + g, rtol=1e-6)
+    np.testing.assert_allclose(langevin_update(t(x), t(g), 0.1, None).numpy(), x + np.clip(g, -0.1, 0.1), rtol=1e-6)
+    want = np.clip(x + np.clip(g, -0.1, 0.1) + sh, -1, 1)
+    np.testing.assert_allclose(langevin_update(t(x), t(g), 0.1, (-1.0, 1.0), t(sh)).numpy(), want, rtol=1e-6)
+    assert (np.abs(want) == 1).mean() > 0.1 and (np.abs(g) > 0.1).mean() > 0.5   # both clips bind here
+
+
+def test_flow_runs_a_given_step_function_inside_its_chain_scope(quad):
+    """step= replaces the dygraph step for every step; a step with chain() has the loop run inside it."""
+    ebm, a, mu, x0 = quad
+    calls, scopes = [], []
+
+    class Step:
+        @contextlib.contextmanager
+        def chain(self):
+            scopes.append("open")
+            yield
+            scopes.append("closed")
+
+        def __call__(self, ebm_, x, *args, **kw):
+            calls.append(len(scopes))
+            return langevin_step(ebm_, x, *args, **kw)
+
+    out = langevin_flow(ebm, paddle.to_tensor(x0), 4, 0.5, step=Step())
+    assert calls == [1, 1, 1, 1] and scopes == ["open", "closed"]
+    np.testing.assert_array_equal(out.numpy(), langevin_flow(ebm, paddle.to_tensor(x0), 4, 0.5).numpy())
+    plain = []   # a plain function works too (no chain scope)
+    langevin_flow(ebm, paddle.to_tensor(x0), 2, 0.5, step=lambda *a, **k: plain.append(1) or langevin_step(*a, **k))
+    assert plain == [1, 1]
+
+
+def test_module_depends_on_paddle_alone():
+    """langevin.py imports nothing from the package: it must stay the small pure core."""
+    tree = ast.parse(open(os.path.abspath(langevin.__file__)).read())
+    mods = {n.module if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in (n.names if isinstance(n, ast.Import) else [None])}
+    relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert not relative and all(m.split(".")[0] in {"__future__", "contextlib", "typing", "paddle"} for m in mods), mods

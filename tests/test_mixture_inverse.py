@@ -1,5 +1,5 @@
-"""Mixture-CDF inverse: the "fast" safeguarded Newton against independent float64 roots, the
-reference bisection against SPEC §1.9, both methods through a tiny flow, and tracing.
+"""Mixture-CDF inverse: the safeguarded Newton method ("newton") against independent float64 roots,
+the official code's bisection written out independently, both methods through a tiny flow, and tracing.
 
 Accuracy is measured in "float resolution" units (eps of the dtype):
   forward:  |x - x*| / (eps * (|x*| + (1 + |logit y|) F(1 - F) / F'(x*)))   (x* the float64 root)
@@ -17,7 +17,7 @@ from scipy.special import expit, log_softmax
 from paddle_coopflow.models.flowpp import FlowPlusPlus, data_init
 from paddle_coopflow.models.flowpp import coupling as coupling_module
 from paddle_coopflow.models.flowpp.coupling import Coupling
-from paddle_coopflow.models.flowpp.mixture import (FAST_MAX_ITERS, _fast_inv_cdf, mixture_inv_cdf,
+from paddle_coopflow.models.flowpp.mixture import (NEWTON_MAX_ITERS, _newton_inv_cdf, mixture_inv_cdf,
                                                    mixture_log_cdf)
 
 # name: (K, mean spread, log-scale range, logit std). Flow++-like ranges come from a data-initialised
@@ -83,23 +83,23 @@ def _error_units(x, roots, args, dtype="float32"):
 
 
 @pytest.mark.parametrize("name", list(MIXTURES))
-def test_fast_matches_float64_roots_within_float32_resolution(name):
+def test_newton_matches_float64_roots_within_float32_resolution(name):
     args = _mixtures(name, 600, seed=len(name))
     roots = _roots64(*args)
-    x = mixture_inv_cdf(*_as_tensors(*args), method="fast").numpy().reshape(-1)
+    x = mixture_inv_cdf(*_as_tensors(*args), method="newton").numpy().reshape(-1)
     units = _error_units(x, roots, args)
     print(f"{name}: max error {units.max():.2f} float32 resolution units")
     assert units.max() <= 8.0
     if name == "flowpp":  # in plain terms, where the CDF is not flat
         assert np.max(np.abs(x - roots) / np.maximum(1.0, np.abs(roots))) <= 3e-6
     # Every element froze before the iteration cap: more iterations change nothing.
-    more = _fast_inv_cdf(*_as_tensors(*args), max_iters=FAST_MAX_ITERS["float32"] + 16).numpy().reshape(-1)
+    more = _newton_inv_cdf(*_as_tensors(*args), max_iters=NEWTON_MAX_ITERS["float32"] + 16).numpy().reshape(-1)
     np.testing.assert_array_equal(more, x)
 
 
-def test_fast_float64_and_single_logistic_closed_form():
+def test_newton_float64_and_single_logistic_closed_form():
     args = _mixtures("wide", 300, seed=1)
-    x = mixture_inv_cdf(*_as_tensors(*args, dtype="float64"), method="fast").numpy().reshape(-1)
+    x = mixture_inv_cdf(*_as_tensors(*args, dtype="float64"), method="newton").numpy().reshape(-1)
     assert _error_units(x, _roots64(*args), args, dtype="float64").max() <= 16.0
 
     # K = 1: x = mu + s logit(y) exactly, including both clamp values.
@@ -107,7 +107,7 @@ def test_fast_float64_and_single_logistic_closed_form():
     y[:4] = np.float32([1e-5, 1 - 1e-5, 0.5, 0.25])
     y64 = y.astype(np.float64)
     exact = means[:, 0] + np.exp(log_scales[:, 0].astype(np.float64)) * np.log(y64 / (1 - y64))
-    x = mixture_inv_cdf(*_as_tensors(y, logits, means, log_scales), method="fast").numpy().reshape(-1)
+    x = mixture_inv_cdf(*_as_tensors(y, logits, means, log_scales), method="newton").numpy().reshape(-1)
     np.testing.assert_allclose(x, exact, rtol=2e-6, atol=1e-6)
 
 
@@ -120,27 +120,27 @@ def test_extreme_y_at_the_coupling_clamp():
     log_scales[: n // 2, 0] = 3.0
     args = (y, rng.normal(0, 1, (n, k)).astype(np.float32), rng.uniform(-5, 5, (n, k)).astype(np.float32), log_scales)
     roots = _roots64(*args)
-    x = mixture_inv_cdf(*_as_tensors(*args), method="fast").numpy().reshape(-1)
+    x = mixture_inv_cdf(*_as_tensors(*args), method="newton").numpy().reshape(-1)
     assert np.isfinite(x).all()
     assert _error_units(x, roots, args).max() <= 8.0
     # In plain numbers: the reference's exp(log F) cannot resolve 1 - F ~ 1e-5 in float32 ...
     xb = mixture_inv_cdf(*_as_tensors(*args), method="bisection").numpy().reshape(-1)
-    err_fast, err_ref = np.abs(x - roots).max(), np.abs(xb - roots).max()
-    print(f"clamped y: max |x - root| fast {err_fast:.1e}, bisection {err_ref:.1e}")
-    assert err_fast <= 1e-3 and err_fast < err_ref  # ... the fast method's 1 - F is a direct sum.
+    err_newton, err_ref = np.abs(x - roots).max(), np.abs(xb - roots).max()
+    print(f"clamped y: max |x - root| newton {err_newton:.1e}, bisection {err_ref:.1e}")
+    assert err_newton <= 1e-3 and err_newton < err_ref  # ... the Newton method's 1 - F is a direct sum.
 
 
 def test_bad_input_errors():
     y, logits, means, log_scales = _as_tensors(*_mixtures("k4", 4, seed=4))
-    for method in ("fast", "bisection"):
+    for method in ("newton", "bisection"):
         with pytest.raises(ValueError, match="0 < y < 1"):
             mixture_inv_cdf(paddle.ones_like(y), logits, means, log_scales, method=method)
-    with pytest.raises(ValueError, match="inverse_method"):
-        mixture_inv_cdf(y, logits, means, log_scales, method="newton")
+    with pytest.raises(ValueError, match="inverse_method.*'newton'"):   # the old name points to the new one
+        mixture_inv_cdf(y, logits, means, log_scales, method="fast")
 
 
 def test_bisection_is_the_spec_algorithm_bit_for_bit():
-    """SPEC §1.9 written out independently: x0 = 0, bracket min/max mu -+ 20 sum s, global stop."""
+    """The official code's bisection written out independently: x0 = 0, bracket min/max mu -+ 20 sum s, global stop."""
     y, logits, means, log_scales = _as_tensors(*_mixtures("flowpp", 300, seed=5))
     s_sum = paddle.exp(log_scales).sum(axis=1, keepdim=True)
     lo, hi = (means - 20 * s_sum).min(axis=1), (means + 20 * s_sum).max(axis=1)
@@ -175,18 +175,18 @@ def _set_method(flow, method):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fast_flow_samples_match_the_exact_inverse(seed, monkeypatch):
+def test_newton_flow_samples_match_the_exact_inverse(seed, monkeypatch):
     """Images from a tiny flow, each method against the exact inverse of every float32 coupling
-    (the reference bisection run in float64: independent of the fast method).
+    (the reference bisection run in float64: independent of the Newton method).
 
     The reference's own float32 error (exp(log F) near F = 1) moves its images by 2e-4..9e-4 on
-    these flows, so "fast vs bisection <= 1e-4" cannot hold for any accurate method; the fast
+    these flows, so "newton vs bisection <= 1e-4" cannot hold for any accurate method; the newton
     images are instead checked against the exact inverse, and to be no worse than the reference.
     """
     flow = _flow(seed)
     z = paddle.randn([6, *flow.in_shape])
     images = {}
-    for method in ("bisection", "fast"):
+    for method in ("bisection", "newton"):
         _set_method(flow, method)
         images[method] = flow.inverse(z).numpy()
     inner = coupling_module.mixture_inv_cdf
@@ -194,21 +194,10 @@ def test_fast_flow_samples_match_the_exact_inverse(seed, monkeypatch):
         y.astype("float64"), *(p.astype("float64") for p in params), method="bisection").astype(y.dtype))
     exact = flow.inverse(z).numpy()
     err = {m: float(np.abs(img - exact).max()) for m, img in images.items()}
-    diff = float(np.abs(images["fast"] - images["bisection"]).max())
-    print(f"seed {seed}: max |image - exact|: {err}; max |fast - bisection| {diff:.1e}")
-    assert err["fast"] <= 3e-5 and err["fast"] <= err["bisection"]
+    diff = float(np.abs(images["newton"] - images["bisection"]).max())
+    print(f"seed {seed}: max |image - exact|: {err}; max |newton - bisection| {diff:.1e}")
+    assert err["newton"] <= 3e-5 and err["newton"] <= err["bisection"]
     assert diff <= 2e-3
-
-
-@pytest.fixture
-def traceable_slogdet(monkeypatch):
-    """Paddle 3.3.1 PIR declares slogdet([n, n]) with shape [n, n] instead of [2] while tracing, so
-    InvConv's log-det breaks to_static (export.py has the same workaround). Same values via det."""
-    def slogdet(x, name=None):
-        det = paddle.linalg.det(x)
-        return paddle.stack([paddle.sign(det), paddle.log(paddle.abs(det))])
-
-    monkeypatch.setattr(paddle.linalg, "slogdet", slogdet)
 
 
 class _Sampler(paddle.nn.Layer):
@@ -220,8 +209,8 @@ class _Sampler(paddle.nn.Layer):
         return self.flow.inverse(z)
 
 
-@pytest.mark.parametrize("method", ["fast", "bisection"])
-def test_flow_inverse_traces_to_a_static_graph(method, traceable_slogdet):
+@pytest.mark.parametrize("method", ["newton", "bisection"])
+def test_flow_inverse_traces_to_a_static_graph(method):
     """to_static(full_graph=True) with a dynamic batch gives the dygraph images (batch 1 and 3)."""
     flow = _flow(2, in_shape=(2, 4, 4), scales=((0, 1), (1, 1)), mid_channels=4, inverse_method=method)
     sampler = _Sampler(flow)

@@ -1,11 +1,11 @@
-"""Energy-based models f_θ(x) (SPEC §2).
+"""Energy-based models f_θ(x): the official code's EBM_res and EBM, and an MLP for 2-D data.
 
 Every network returns f_θ(x) of shape [N]: the *negative* energy, which training raises on data.
 The image EBMs end in a conv to 100 channels at 1×1 and sum those channels, as the official code does.
 
 Porting notes:
 - swish is written as x·sigmoid(x) so that double backward exists (the differentiable Langevin chain
-  of SPEC §3.3 backprops through ∇ₓf).
+  used for reconstruction and inpainting backpropagates through ∇ₓf).
 - The output is flattened per sample and summed, never squeezed, so N = 1 gives shape [1].
 - Initialisation is PyTorch's default for Conv2d/Linear, U(±1/sqrt(fan_in)) for weight and bias,
   so a freshly built model has the same statistics as the official one.
@@ -15,13 +15,17 @@ Porting notes:
 from __future__ import annotations
 
 import math
-from typing import Any, List
+from typing import Any, List, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 __all__ = ["Swish", "EBMBlock", "EBMRes", "EBMPlain", "EBMMLP", "build_ebm", "swish"]
+
+# The hand-written input gradient of EBM_res (EBMRes.energy_and_grad) runs forward ops only: a static
+# program made of them runs fast under oneDNN and has no gradient op (docs/paddle_notes.md, "oneDNN
+# speed recipe"). The helpers below are its pieces; each is exact (float64 tests against paddle.grad).
 
 
 def swish(x: paddle.Tensor) -> paddle.Tensor:
@@ -56,6 +60,48 @@ def _linear(d_in: int, d_out: int) -> nn.Linear:
     return nn.Linear(d_in, d_out, weight_attr=w, bias_attr=b)
 
 
+def _apply_conv(conv: nn.Conv2D, x: paddle.Tensor) -> paddle.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, stride=1, padding=conv._padding)
+
+
+def _is_same3x3(conv: nn.Conv2D) -> bool:
+    """A stride-1, 'same'-padded, ungrouped 3×3 NCHW conv: the case whose input gradient is a conv."""
+    pad = conv._padding if isinstance(conv._padding, (list, tuple)) else [conv._padding] * 2
+    return (list(conv.weight.shape[2:]) == [3, 3] and list(conv._stride) == [1, 1] and list(pad) == [1, 1]
+            and list(conv._dilation) == [1, 1] and conv._groups == 1 and conv._data_format == "NCHW")
+
+
+def _adjoint_kernel(weight: paddle.Tensor, scale: float = 1.0) -> paddle.Tensor:
+    # ∂/∂x of a stride-1 'same' 3×3 conv is a conv with the kernel transposed and flipped: [in, out, 3, 3].
+    w = paddle.flip(weight.transpose([1, 0, 2, 3]), [2, 3])
+    return w if scale == 1.0 else w * scale
+
+
+def _conv_input_grad(conv: nn.Conv2D, g: paddle.Tensor, w_adj: paddle.Tensor) -> paddle.Tensor:
+    # w_adj: the conv's kernel from adjoint_weights (transposed, flipped, scaled).
+    return F.conv2d(g, w_adj, None, stride=1, padding=conv._padding)
+
+
+def _swish_parts(h: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """swish(h) = h·σ(h) and σ(h), kept for the derivative."""
+    s = F.sigmoid(h)
+    return h * s, s
+
+
+def _dswish(a: paddle.Tensor, s: paddle.Tensor) -> paddle.Tensor:
+    # d/dh of a = h·σ(h) is σ + h·σ(1 − σ) = a + σ(1 − a): three elementwise ops, from the forward's a and σ.
+    return a + s * (1.0 - a)
+
+
+def _avgpool_input_grad(g: paddle.Tensor) -> paddle.Tensor:
+    # [N, C, H, W] → [N, C, 2H, 2W]: each value repeated 2×2. The factor 1/4 of the 2×2 average is folded
+    # into the adjoint kernels of conv2 and res, the only consumers. tile, not expand: under oneDNN an
+    # expand becomes a 6-D broadcast add on the slow reference kernel (docs/paddle_notes.md, "oneDNN speed
+    # recipe").
+    _, c, h, w = g.shape
+    return paddle.tile(g.unsqueeze([3, 5]), [1, 1, 1, 2, 1, 2]).reshape([0, c, 2 * h, 2 * w])
+
+
 class EBMBlock(nn.Layer):
     """Residual block of EBM_res: avgpool2(swish(conv2(swish(conv1 x))) + swish(res x)).
 
@@ -76,6 +122,34 @@ class EBMBlock(nn.Layer):
         h = swish(self.conv2(swish(self.conv1(x))))
         return F.avg_pool2d(h + swish(self.res(x)), kernel_size=2, stride=2)
 
+    def convs(self) -> List[nn.Conv2D]:
+        """The block's convs in the order of :meth:`adjoint_weights`: conv1, conv2, res."""
+        return [self.conv1, self.conv2, self.res]
+
+    def adjoint_weights(self) -> List[paddle.Tensor]:
+        """Input-gradient kernels of conv1, conv2, res ([in, out, 3, 3]); conv2's and res's carry the
+        1/4 of the average pool after them (exact: a power of two; see :func:`_avgpool_input_grad`)."""
+        return [_adjoint_kernel(self.conv1.weight), _adjoint_kernel(self.conv2.weight, 0.25),
+                _adjoint_kernel(self.res.weight, 0.25)]
+
+    def forward_saving(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, tuple]:
+        """forward(x) [N, n_out, H/2, W/2] and what :meth:`input_grad` needs (activations and sigmoids)."""
+        a1, s1 = _swish_parts(_apply_conv(self.conv1, x))
+        ah, sh = _swish_parts(_apply_conv(self.conv2, a1))
+        ar, sr = _swish_parts(_apply_conv(self.res, x))
+        return F.avg_pool2d(ah + ar, kernel_size=2, stride=2), (a1, s1, ah, sh, ar, sr)
+
+    def input_grad(self, g: paddle.Tensor, saved: tuple, adjoint: Sequence[paddle.Tensor]) -> paddle.Tensor:
+        """∂⟨g, forward(x)⟩/∂x [N, n_in, H, W] from g [N, n_out, H/2, W/2], forward ops only.
+
+        adjoint: this block's :meth:`adjoint_weights`.
+        """
+        a1, s1, ah, sh, ar, sr = saved
+        w1, w2, wr = adjoint
+        gp = _avgpool_input_grad(g)
+        g_c1 = _conv_input_grad(self.conv2, gp * _dswish(ah, sh), w2) * _dswish(a1, s1)
+        return _conv_input_grad(self.conv1, g_c1, w1) + _conv_input_grad(self.res, gp * _dswish(ar, sr), wr)
+
 
 def _sum_head(out: paddle.Tensor) -> paddle.Tensor:
     """[N, ...] → [N]: sum over everything but the batch axis (reshape, not squeeze, so N=1 works).
@@ -87,7 +161,7 @@ def _sum_head(out: paddle.Tensor) -> paddle.Tensor:
 
 
 class EBMRes(nn.Layer):
-    """`EBM_res` of the official code (SPEC §2.1); the EBM every CoopFlow experiment uses.
+    """`EBM_res` of the official code; the EBM every CoopFlow experiment uses.
 
     stem conv3×3 + swish → blocks C→2C→4C→8C (each halves H, W) → conv4×4 valid to 100 channels → sum.
     With img_size=64 one extra block(8C→8C) brings 64×64 down to 4×4 before the head.
@@ -116,14 +190,73 @@ class EBMRes(nn.Layer):
         if img_size == 64:
             layers.append(EBMBlock(8 * c, 8 * c))
         layers.append(_conv(widths[-1], 100, 4, 1, 0))
+        # Sub-layer names inside `f` are the official keys ("0", "2", ...); which name is which part is
+        # recorded here, where the layout is decided, so nothing else depends on list positions.
+        self._stem_name, self._head_name = "0", str(len(layers) - 1)
+        self._block_names = tuple(str(i) for i, m in enumerate(layers) if isinstance(m, EBMBlock))
         self.f = nn.Sequential(*layers)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return _sum_head(self.f(x))
 
+    @property
+    def stem(self) -> nn.Conv2D:
+        return getattr(self.f, self._stem_name)
+
+    @property
+    def blocks(self) -> List[EBMBlock]:
+        return [getattr(self.f, n) for n in self._block_names]
+
+    @property
+    def head(self) -> nn.Conv2D:
+        return getattr(self.f, self._head_name)
+
+    def supports_manual_grad(self) -> bool:
+        """True when :meth:`energy_and_grad` applies: every conv but the head is a 3×3 'same' conv."""
+        return (_is_same3x3(self.stem) and all(_is_same3x3(c) for b in self.blocks for c in b.convs())
+                and list(self.head._stride) == [1, 1] and self.head._groups == 1)
+
+    def adjoint_weights(self) -> List[paddle.Tensor]:
+        """The weight-only factors of :meth:`energy_and_grad`, computed without gradient.
+
+        Returns [stem kernel, conv1/conv2/res kernels of each block (EBMBlock.adjoint_weights)] as
+        [in, out, 3, 3] input-gradient kernels, then Σ_o W_head[o] as [1, C, k, k]. They change only when
+        the weights do, so a Langevin chain (fixed EBM) computes them once instead of in every step: the
+        flips alone took ~0.2 s per step at nf = 128 (docs/speed.md).
+        """
+        with paddle.no_grad():
+            return ([_adjoint_kernel(self.stem.weight)] + [w for b in self.blocks for w in b.adjoint_weights()]
+                    + [self.head.weight.sum(axis=0, keepdim=True)])
+
+    def energy_and_grad(self, x: paddle.Tensor, adjoint: Optional[Sequence[paddle.Tensor]] = None
+                        ) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """f(x) [N] and ∇ₓ Σ_batch f [N, C, H, W] with forward ops only (needs supports_manual_grad()).
+
+        The input gradient of a 3×3 'same' conv is a 3×3 conv with the kernel transposed and flipped; of
+        the 2×2 average pool, a 2×2 repeat / 4; of the head followed by the sum, Σ_o W_head[o] for every
+        sample. Equals paddle.grad to float rounding (tests/test_ebm.py, float64).
+
+        Args:
+            x: [N, C, H, W].
+            adjoint: :meth:`adjoint_weights` of the current weights, or None to derive them here (in the
+                graph, so a static program can take them as inputs instead).
+        """
+        adj = list(adjoint) if adjoint is not None else self.adjoint_weights()
+        a0, s0 = _swish_parts(_apply_conv(self.stem, x))
+        a, saved = a0, []
+        for block in self.blocks:
+            a, cache = block.forward_saving(a)
+            saved.append(cache)
+        f = _sum_head(_apply_conv(self.head, a))
+        g = paddle.expand_as(adj[-1], a)
+        blocks = self.blocks
+        for i in reversed(range(len(blocks))):
+            g = blocks[i].input_grad(g, saved[i], adj[1 + 3 * i: 4 + 3 * i])
+        return f, _conv_input_grad(self.stem, g * _dswish(a0, s0), adj[0])
+
 
 class EBMPlain(nn.Layer):
-    """`EBM` of the official code (SPEC §2.2): strided convs, the model the [D] Paddle port trains.
+    """`EBM` of the official code: strided convs.
 
     conv3×3 C + swish → three conv4×4 s2 p1 (C→2C→4C→8C) each + swish → conv4×4 valid to 100 → sum.
     12,653,924 parameters for 3 channels and C = 128. Input must be 32×32.
@@ -146,7 +279,7 @@ class EBMPlain(nn.Layer):
 
 
 class EBMMLP(nn.Layer):
-    """Swish MLP energy for 2-D toy data ([P] §5.1; no official code).
+    """Swish MLP energy for 2-D toy data (the paper's 2-D experiments; no official code).
 
     `depth` hidden Linear layers of width `hidden`, each followed by swish, then Linear(hidden → 1).
 

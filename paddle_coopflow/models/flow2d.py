@@ -1,4 +1,4 @@
-"""A small normalizing flow q_α for 2-D toy data ([P] §5.1, Figure 2; the paper gives no architecture).
+"""A small normalizing flow q_α for 2-D toy data (the paper's 2-D experiments, Figure 2; the paper gives no architecture).
 
 Our choice (labelled as such in docs/toy2d.md): RealNVP-style **affine coupling** layers that
 alternate the transformed coordinate, on a standard normal base N(0, I₂).

@@ -1,6 +1,6 @@
 """Process-level Paddle set-up: threads, device, seeds.
 
-Paddle forces one CPU thread (PADDLE_NOTES §6); training and sampling want all cores.
+Paddle forces one CPU thread (docs/paddle_notes.md, "Threads"); training and sampling want all cores.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def setup_threads(requested: int = 0, world_size: int = 1) -> int:
 
 def onednn_cpu() -> bool:
     """True on a CPU place of a Paddle build with oneDNN: where the static oneDNN programs were measured
-    (langevin_fast, models/flowpp/fast_nn)."""
+    (paddle_coopflow/accel); engine 'auto' uses them only there."""
     import paddle
 
     try:

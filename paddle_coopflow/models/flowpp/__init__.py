@@ -1,5 +1,5 @@
-"""Flow++ normalizing flow (Ho et al. 2019) in the CoopFlow configuration (SPEC §1)."""
-from .flow import FlowPlusPlus, FlowStep, data_init
+"""Flow++ normalizing flow (Ho et al. 2019) in the CoopFlow configuration."""
+from .flow import FlowPlusPlus, FlowScale, data_init
 from .mixture import INV_CDF_METHODS
 
-__all__ = ["FlowPlusPlus", "FlowStep", "data_init", "INV_CDF_METHODS"]
+__all__ = ["FlowPlusPlus", "FlowScale", "data_init", "INV_CDF_METHODS"]

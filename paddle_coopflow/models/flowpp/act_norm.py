@@ -1,4 +1,4 @@
-"""Glow-style ActNorm acting on a (x_change, x_id) pair (SPEC §1.5).
+"""Glow-style ActNorm acting on a (x_change, x_id) pair (Glow; as in the official Flow++ code).
 
 The pair is concatenated on channels, so ActNorm(c) has 2c channels. Parameters `mean`
 and `inv_std` ([1, 2c, 1, 1]) start at zero and are set from data on the first call in

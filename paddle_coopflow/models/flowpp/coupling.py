@@ -1,4 +1,4 @@
-"""Logistic-mixture CDF coupling and the pair Flip (SPEC §1.6).
+"""Logistic-mixture CDF coupling (Ho et al. 2019, Sec. 3.1) and the pair Flip.
 
 Forward on the pair (x_change, x_id), with (a, b, pi, mu, log_s) = NN(x_id[, aux]):
   y1  = MixLogCDF(x_change)
@@ -24,7 +24,7 @@ def _sum_per_sample(t: paddle.Tensor) -> paddle.Tensor:
 
 
 class Coupling(nn.Layer):
-    """Args: as NN; `inverse_method` picks the mixture-CDF inverse used in reverse."""
+    """Args: as NN; `inverse_method` ('newton' | 'bisection') picks the mixture-CDF inverse used in reverse."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_blocks: int, num_components: int,
                  drop_prob: float, use_attn: bool = True, aux_channels: Optional[int] = None,
@@ -32,7 +32,9 @@ class Coupling(nn.Layer):
         super().__init__()
         self.nn = NN(in_channels, mid_channels, num_blocks, num_components, drop_prob, use_attn, aux_channels)
         self.inverse_method = inverse_method
-        self.static_nn = None   # a fast_nn.StaticNN used for sampling (FlowPlusPlus.set_fast_nn); not a sublayer
+        # The network's static program runner used when sampling (FlowPlusPlus.set_coupling_engine:
+        # paddle_coopflow/accel/coupling.py), or None; a plain attribute, not a sublayer.
+        self.static_nn = None
 
     def _conditioner(self, reverse: bool, aux):
         """The network to run: its static copy when sampling (reverse, eval, no grad, dygraph, no aux)."""

@@ -1,4 +1,4 @@
-"""Dequantization: variational (Flow++, SPEC §1.3) or uniform.
+"""Dequantization: variational (Flow++, Ho et al. 2019, Sec. 3.2) or uniform.
 
 Variational: eps ~ N(0, I) is pushed through a small conditional flow h = f(eps; x) and
 u = sigmoid(h) in (0,1)^D. The returned sldj term is -log q(u|x) = -log N(eps) + log|dh/deps|

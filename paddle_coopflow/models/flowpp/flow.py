@@ -1,4 +1,6 @@
-"""Flow++ (Ho et al. 2019) as used by CoopFlow: multi-scale recursion and the full model (SPEC §1.2-1.10).
+"""Flow++ (Ho et al. 2019) as used by CoopFlow: multi-scale recursion and the full model.
+
+The layout and the pre-processing follow the official CoopFlow code's Flow++ (its state-dict keys are ours).
 
 forward:  x in [-1,1] -> (x+1)/2 -> dequantize -> logit with 0.9 bound -> main flow -> z, sldj
 inverse:  z -> main flow^-1 -> l -> 2 sigmoid(l) - 1   (reference shrink; `undo_bound` inverts the bound)
@@ -17,7 +19,7 @@ from .act_norm import ActNorm
 from .coupling import Coupling, Flip
 from .dequant import Dequantization, uniform_dequantize
 from .inv_conv import InvConv
-from .mixture import INV_CDF_METHODS
+from .mixture import check_inverse_method
 from .splits import channelwise, channelwise_inverse, checkerboard, checkerboard_inverse, squeeze, unsqueeze
 
 
@@ -26,8 +28,11 @@ def _step(channels: int, coupling_kwargs: dict) -> list:
     return [ActNorm(channels), InvConv(channels), Coupling(channels, **coupling_kwargs), Flip()]
 
 
-class FlowStep(nn.Layer):
+class FlowScale(nn.Layer):
     """One scale: channel-wise steps, checkerboard steps, then squeeze, keep half, recurse on the rest.
+
+    (The official code calls this class `_FlowStep`; its attribute names, which are the state-dict
+    keys `channels`, `checkers`, `next`, are kept.)
 
     Args:
         scales: remaining ((num_channelwise, num_checkerboard), ...); the first entry is this scale.
@@ -43,7 +48,7 @@ class FlowStep(nn.Layer):
         checkers = [m for _ in range(num_checkerboard) for m in _step(c, coupling_kwargs)]
         self.channels = nn.LayerList(channels) if channels else None
         self.checkers = nn.LayerList(checkers) if checkers else None
-        self.next = FlowStep(scales[1:], (2 * c, h // 2, w // 2), coupling_kwargs) if len(scales) > 1 else None
+        self.next = FlowScale(scales[1:], (2 * c, h // 2, w // 2), coupling_kwargs) if len(scales) > 1 else None
 
     @staticmethod
     def _run(layers: nn.LayerList, x, sldj, reverse: bool):
@@ -110,22 +115,22 @@ class FlowPlusPlus(nn.Layer):
         use_attn: attention in every block (dequant flow included).
         drop_prob: Dropout2d and attention dropout.
         undo_bound: if True, `inverse` undoes the 0.9 logit bound exactly; else the reference 2 sigmoid(l) - 1.
-        inverse_method: mixture-CDF inverse used when sampling; one of INV_CDF_METHODS.
-        fast_nn: coupling networks when sampling (eval mode, no grad): 'auto' = static-graph oneDNN programs
-            on CPU builds with oneDNN (checked against dygraph on first use, dygraph fallback), 'on' = always
-            (failures raise), 'off' = dygraph. See fast_nn.py.
+        inverse_method: mixture-CDF inverse used when sampling: 'newton' (safeguarded Newton) or
+            'bisection' (the official code's method). See mixture.py.
+        coupling_engine: the coupling networks when sampling (eval mode, no grad): 'auto' = static-graph
+            oneDNN programs on CPU builds with oneDNN (checked against dygraph on first use, dygraph
+            fallback), 'static' = always (failures raise), 'dygraph'. See paddle_coopflow/accel/coupling.py.
     """
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
                  drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
-                 fast_nn: str = "off"):
+                 coupling_engine: str = "dygraph"):
         super().__init__()
         in_shape = tuple(int(v) for v in in_shape)
         scales = tuple((int(a), int(b)) for a, b in scales)
         _validate(in_shape, scales, num_dequant_blocks)
-        if inverse_method not in INV_CDF_METHODS:
-            raise ValueError(f"unknown Flow.inverse_method {inverse_method!r}; choose one of {INV_CDF_METHODS}")
+        check_inverse_method(inverse_method)
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"Flow.drop_prob must be in [0, 1), got {drop_prob}")
         self.in_shape = in_shape
@@ -136,38 +141,29 @@ class FlowPlusPlus(nn.Layer):
         self.dequant_flows = (Dequantization(in_shape, mid_channels, num_dequant_blocks, num_components, use_attn,
                                              drop_prob, inverse_method=inverse_method)
                               if num_dequant_blocks > 0 else None)
-        self.flows = FlowStep(scales, in_shape, dict(
+        self.flows = FlowScale(scales, in_shape, dict(
             mid_channels=mid_channels, num_blocks=num_blocks, num_components=num_components,
             drop_prob=drop_prob, use_attn=use_attn, inverse_method=inverse_method))
-        self.set_fast_nn(fast_nn)
+        self.set_coupling_engine(coupling_engine)
 
-    def set_fast_nn(self, mode: str) -> None:
-        """Engine of the main flow's coupling networks when sampling: 'auto', 'on' or 'off' (see class doc)."""
-        from . import fast_nn
+    def set_coupling_engine(self, engine: str) -> None:
+        """Engine of the main flow's coupling networks when sampling: 'auto', 'static' or 'dygraph' (class doc)."""
+        from ...accel.coupling import make_coupling_nn
 
-        if mode not in fast_nn.MODES:
-            raise ValueError(f"unknown Flow.fast_nn {mode!r}; choose one of {fast_nn.MODES}")
-        use = mode == "on" or (mode == "auto" and fast_nn.available())
         for m in self.flows.sublayers():
             if isinstance(m, Coupling):
-                m.static_nn = fast_nn.StaticNN(m.nn, mode) if use else None
-        self.fast_nn = mode
+                m.static_nn = make_coupling_nn(m.nn, engine)
+        self.coupling_engine = engine
 
     @classmethod
     def from_config(cls, cfg: Any) -> "FlowPlusPlus":
-        """Build from any object (dataclass, namespace) or mapping with the constructor's argument names."""
+        """Build from any object (dataclass, namespace) or mapping with the constructor's argument names
+        (the Flow section of the config uses the same names)."""
         import inspect
 
         names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-        kwargs = {k: get(k) for k in names if get(k) is not None}
-        # Config names (what the switch chooses) → this constructor's names.
-        engine = get("coupling_engine")
-        if engine is not None:
-            kwargs["fast_nn"] = {"static": "on", "dygraph": "off"}.get(engine, engine)
-        if kwargs.get("inverse_method") == "newton":
-            kwargs["inverse_method"] = "fast"
-        return cls(**kwargs)
+        return cls(**{k: get(k) for k in names if get(k) is not None})
 
     @property
     def num_dims(self) -> int:
@@ -247,7 +243,7 @@ class FlowPlusPlus(nn.Layer):
 
 
 def data_init(flow: FlowPlusPlus, x: paddle.Tensor) -> bool:
-    """Data-dependent ActNorm init (SPEC §1.10): one train-mode forward on x under no_grad.
+    """Data-dependent ActNorm init (Flow++ / Glow): one train-mode forward on x under no_grad.
 
     Each ActNorm initialises on the activations produced by the already-initialised layers
     before it; already-initialised layers are left alone. Restores the previous mode.

@@ -1,43 +1,44 @@
-"""Logistic-mixture CDF / log-pdf and the inverse CDF (SPEC §1.6, §1.9).
+"""Logistic-mixture CDF / log-pdf and the inverse CDF (Ho et al. 2019, Sec. 3.1).
 
 Parameter tensors put the K mixture components on axis 1:
   logits, means, log_scales: [N, K, C, H, W];  x, y: [N, C, H, W].
 
 The inverse CDF has no closed form. `mixture_inv_cdf` dispatches on `method`:
-  "bisection": the reference (bracket min/max mu -+ 20 * sum_k s_k, stop at global
+  "bisection": the official code's method (bracket min/max mu -+ 20 * sum_k s_k, stop at global
       max |dx| <= 1e-10 or 100 iterations); ~45 full mixture evaluations per call.
-  "fast": safeguarded Newton in the logit domain (see `_fast_inv_cdf`); typically 4-11
+  "newton": safeguarded Newton in the logit domain (see `_newton_inv_cdf`); typically 4-11
       cheaper evaluations, and accurate to float resolution where the reference is not.
 Both trace under `paddle.jit.to_static` (full_graph=True): see `_bisection_static` and
-`_fast_inv_cdf`. Eager "bisection" is bit-for-bit the original reference port.
+`_newton_inv_cdf`. Eager "bisection" is bit-for-bit the official code's arithmetic.
 
-Why "fast" does not reproduce "bisection" to 1e-4 in images: the reference decides F(x) > y
+Why "newton" does not reproduce "bisection" to 1e-4 in images: the reference decides F(x) > y
 with F = exp(logsumexp(...)) in float32, whose absolute error (~2e-7 near F = 1, and dependent
-on the tensor layout) moves its upper-tail roots by up to ~0.2 (0.02 s); the fast method sums
+on the tensor layout) moves its upper-tail roots by up to ~0.2 (0.02 s); the Newton method sums
 the small side of F directly and lands within a few float32 ulps of the float64 root.
 Paper config, 28 samples, 2 cores (bench/bench_flow_sampling.py): mixture inverses 82 s ->
 1.6 s, end to end 151 s -> 72 s (the coupling networks take the other ~70 s); max |image -
-exact inverse| 6.2e-3 for bisection, 9.7e-5 for fast, where moving every coupling output by
+exact inverse| 6.2e-3 for bisection, 9.7e-5 for newton, where moving every coupling output by
 one ulp already moves images by 5.5e-5.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-INV_CDF_METHODS = ("bisection", "fast")
+INV_CDF_METHODS = ("bisection", "newton")
 
-# "fast": iteration cap per dtype. Converged elements freeze, so eager mode stops early when
+# "newton": iteration cap per dtype. Converged elements freeze, so eager mode stops early when
 # all are done and returns exactly what the full count (used when tracing) returns.
 # Iterations to freeze, float32, 48k elements per family: Flow++-like mixtures (K=32, log s in
 # [-2.5, 2.5]) median 4, max 11; adversarial ones (log s down to the -7 clamp, separated narrow
 # components, K = 2..32) median 4-13, max 23. Float64 needs a few more.
-FAST_MAX_ITERS = {"float32": 32, "float64": 48}
+NEWTON_MAX_ITERS = MappingProxyType({"float32": 32, "float64": 48})
 # Freeze once the Newton step is below this many float epsilons of the attainable resolution.
-_FAST_TOL_EPS = 4.0
+_NEWTON_TOL_EPS = 4.0
 
 
 def safe_log(x: paddle.Tensor) -> paddle.Tensor:
@@ -135,7 +136,7 @@ def _flat_k_last(t: paddle.Tensor) -> paddle.Tensor:
     return t.transpose([0, 2, 3, 4, 1]).reshape([-1, t.shape[1]])
 
 
-def _fast_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor, log_scales: paddle.Tensor,
+def _newton_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor, log_scales: paddle.Tensor,
                   max_iters: Optional[int] = None) -> paddle.Tensor:
     """Safeguarded Newton on logit F(x) = logit y, inside a bracket that shrinks every step.
 
@@ -160,7 +161,7 @@ def _fast_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor,
     """
     dtype = "float64" if y.dtype == paddle.float64 else "float32"
     if max_iters is None:
-        max_iters = FAST_MAX_ITERS[dtype]
+        max_iters = NEWTON_MAX_ITERS[dtype]
     eps = float(np.finfo(dtype).eps)
     yf = y.reshape([-1, 1])
     w = F.softmax(_flat_k_last(logits), axis=-1)
@@ -180,21 +181,21 @@ def _fast_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor,
     rows = (w, w_inv_s, slope, offset, t, sign, t_abs1, eps)
     if paddle.in_dynamic_mode():
         for _ in range(max_iters):
-            state = _fast_step(state, *rows)
+            state = _newton_step(state, *rows)
             if bool(state[-1].all().item()):
                 break
     else:
         # A fixed-count while op: compact (an unrolled loop makes tracing ~10x slower) and
         # data-independent (no tensor-valued loop condition).
         def body(i, *st):
-            return (i + 1, *_fast_step(st, *rows))
+            return (i + 1, *_newton_step(st, *rows))
 
         i = paddle.zeros([], dtype="int64")
         state = paddle.static.nn.while_loop(lambda i, *st: i < max_iters, body, [i, *state])[1:]
     return state[0].reshape([-1] + list(y.shape[1:]))
 
 
-def _fast_step(state, w, w_inv_s, slope, offset, t, sign, t_abs1, eps: float):
+def _newton_step(state, w, w_inv_s, slope, offset, t, sign, t_abs1, eps: float):
     """One safeguarded logit-Newton step on [E, 1] state with [E, K] oriented mixture rows."""
     x, lb, ub, dx, dxold, done = state
     p = F.sigmoid(slope * x - offset)                          # sigmoid(sign * z_k)
@@ -212,7 +213,7 @@ def _fast_step(state, w, w_inv_s, slope, offset, t, sign, t_abs1, eps: float):
     # |step| below resolution, tested as |resid| at the rounding level of logit F (no overflow
     # where F is flat and the step huge): x is a root as far as float arithmetic can tell.
     tiny = paddle.logical_and(paddle.isfinite(resid),
-                              resid.abs() <= _FAST_TOL_EPS * eps * (x.abs() * slope_g + t_abs1))
+                              resid.abs() <= _NEWTON_TOL_EPS * eps * (x.abs() * slope_g + t_abs1))
     newton_ok = paddle.logical_and(in_bracket, paddle.logical_or(2.0 * step.abs() <= dxold.abs(), tiny))
     # Newton creeping towards the root from one side (in the bracket but too slow): try a double
     # step, which either overshoots (making the bracket two-sided and ~|step| wide) or gets on twice
@@ -237,12 +238,18 @@ def mixture_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tenso
     Returns:
         x: [N, C, H, W]. No gradient is meant to flow through this (sampling runs under no_grad).
     """
-    if method not in INV_CDF_METHODS:
-        raise ValueError(f"unknown inverse_method {method!r}; choose one of {INV_CDF_METHODS}")
+    check_inverse_method(method)
     # Written so that NaN passes (as in the reference); only real out-of-range values raise.
     # Skipped while tracing (a static graph cannot read tensor values); the coupling clamps y.
     if paddle.in_dynamic_mode() and (bool((y <= 0).any().item()) or bool((y >= 1).any().item())):
         raise ValueError("mixture_inv_cdf needs 0 < y < 1; clamp y first (the coupling clamps to [1e-5, 1-1e-5])")
     if method == "bisection":
         return _bisection_inv_cdf(y, logits, means, log_scales)
-    return _fast_inv_cdf(y, logits, means, log_scales)
+    return _newton_inv_cdf(y, logits, means, log_scales)
+
+
+def check_inverse_method(method: str) -> None:
+    """Raise a one-line ValueError for a name not in INV_CDF_METHODS (naming the new name of 'fast')."""
+    if method not in INV_CDF_METHODS:
+        hint = " (the safeguarded Newton method formerly called 'fast' is 'newton')" if method == "fast" else ""
+        raise ValueError(f"unknown Flow.inverse_method {method!r}; choose one of {INV_CDF_METHODS}{hint}")

@@ -1,4 +1,4 @@
-"""Conditioning network of the Flow++ couplings (SPEC §1.7).
+"""Conditioning network of the Flow++ couplings (Ho et al. 2019, Sec. 3.3; the official CoopFlow code's `NN`).
 
 NN(x_id[, aux]) -> (a, b, pi, mu, log_s): in_conv -> num_blocks x ConvAttnBlock -> out_conv,
 then a per-element split into 2 + 3K slots. Submodule names mirror the reference PyTorch
@@ -93,10 +93,6 @@ def positional_encoding(seq_len: int, num_channels: int, dtype) -> paddle.Tensor
     return enc.unsqueeze(0)
 
 
-# Set by fast_nn while it traces a program (see GatedAttn._encoding).
-_PE_BUFFER_IN_PROGRAMS = [False]
-
-
 class GatedAttn(nn.Layer):
     """Multi-head self-attention over all pixels, then a WN-Linear GLU gate.
 
@@ -117,27 +113,24 @@ class GatedAttn(nn.Layer):
         n, length, c = t.shape
         return t.reshape([n, length, self.num_heads, c // self.num_heads]).transpose([0, 2, 1, 3])
 
-    def _encoding(self, length: int, dtype) -> paddle.Tensor:
-        """positional_encoding(length, d_model); a buffer instead only inside fast_nn's static programs.
+    def register_encoding_buffer(self, length: int, dtype) -> None:
+        """Keep positional_encoding(length) as a non-persistable buffer (not in the state_dict), for
+        forward(cached_encoding=True): inside a oneDNN static program the computed encoding comes out
+        wrong (docs/paddle_notes.md, "Positional encoding inside a oneDNN program")."""
+        with paddle.no_grad():
+            self.register_buffer(f"pos_enc_{length}", positional_encoding(length, self.d_model, dtype),
+                                 persistable=False)
 
-        Computed inside a program, the encoding comes out wrong under oneDNN, so fast_nn registers it as a
-        non-persistable buffer (`use_encoding_buffer`) which its programs read like a parameter. Dygraph
-        and exported programs compute it as before.
-        """
-        pe = self._buffers.get("pos_enc")
-        if (_PE_BUFFER_IN_PROGRAMS[0] and not paddle.in_dynamic_mode() and pe is not None
-                and pe.shape[1] == length and pe.dtype == dtype):
+    def _encoding(self, length: int, dtype, cached: bool) -> paddle.Tensor:
+        pe = self._buffers.get(f"pos_enc_{length}") if cached else None
+        if pe is not None and pe.dtype == dtype:
             return pe
         return positional_encoding(length, self.d_model, dtype)
 
-    def use_encoding_buffer(self, length: int, dtype) -> None:
-        """Register the encoding for `length` positions as a non-persistable buffer (not in the state_dict)."""
-        with paddle.no_grad():
-            self.register_buffer("pos_enc", positional_encoding(length, self.d_model, dtype), persistable=False)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, cached_encoding: bool = False) -> paddle.Tensor:
+        """x [N, H, W, C]; cached_encoding: read the positional encoding from register_encoding_buffer's buffer."""
         n, h, w, c = x.shape
-        x = x.reshape([n, h * w, c]) + self._encoding(h * w, x.dtype)
+        x = x.reshape([n, h * w, c]) + self._encoding(h * w, x.dtype, cached_encoding)
         proj = self.in_proj(x)
         # Reference layout: first 2C outputs are "memory" = (k, v), last C are q.
         k, v, q = paddle.split(proj, [c, c, c], axis=-1)
@@ -168,11 +161,12 @@ class ConvAttnBlock(nn.Layer):
         else:
             self.attn = None
 
-    def forward(self, x: paddle.Tensor, aux: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, aux: Optional[paddle.Tensor] = None,
+                cached_encoding: bool = False) -> paddle.Tensor:
         x = self.conv(x, aux) + x
         x = self.norm_1(x.transpose([0, 2, 3, 1]))
         if self.attn is not None:
-            x = self.norm_2(self.attn(x) + x)
+            x = self.norm_2(self.attn(x, cached_encoding) + x)
         return x.transpose([0, 3, 1, 2])
 
 
@@ -200,11 +194,20 @@ class NN(nn.Layer):
         self.out_conv = WNConv2d(mid_channels, in_channels * (2 + 3 * num_components), kernel_size=3, padding=1)
         self.rescale = Rescale(in_channels)
 
-    def forward(self, x: paddle.Tensor, aux: Optional[paddle.Tensor] = None) -> Tuple[paddle.Tensor, ...]:
+    def register_encoding_buffers(self, length: int, dtype) -> None:
+        """GatedAttn.register_encoding_buffer for every attention layer (before tracing a static program)."""
+        for m in self.sublayers():
+            if isinstance(m, GatedAttn):
+                m.register_encoding_buffer(length, dtype)
+
+    def forward(self, x: paddle.Tensor, aux: Optional[paddle.Tensor] = None,
+                cached_encoding: bool = False) -> Tuple[paddle.Tensor, ...]:
+        """cached_encoding: attention reads its positional encoding from the buffers of
+        register_encoding_buffers (the static coupling program, paddle_coopflow/accel/coupling.py)."""
         n, c, h, w = x.shape
         x = self.in_conv(x)
         for block in self.mid_convs:
-            x = block(x, aux)
+            x = block(x, aux, cached_encoding)
         x = self.out_conv(x)
         # Component-major channel layout: slot j, input channel c -> j * C + c.
         x = x.reshape([n, 2 + 3 * self.k, c, h, w])

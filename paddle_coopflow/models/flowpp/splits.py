@@ -1,4 +1,4 @@
-"""Pair splits and squeezing with the reference index conventions (SPEC §1.4).
+"""Pair splits and squeezing with the official Flow++ code's index conventions.
 
 checkerboard: pixel (i, j) goes to the first half when i % 2 == j % 2, else to the second;
   each half is gathered in raster order and reshaped to [N, C, H, W/2] (rows are collapsed

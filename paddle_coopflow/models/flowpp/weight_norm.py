@@ -1,10 +1,10 @@
 """Weight-normalised Conv2D / Linear with PyTorch's `weight_norm(dim=0)` semantics.
 
 w = g * v / ||v||, with one gain g per OUTPUT unit and the norm taken over everything
-else (SPEC §1.11). At construction g = ||v||, so the effective weight equals the
+else, as the official Flow++ code's weight-normed layers. At construction g = ||v||, so the effective weight equals the
 (PyTorch-default) initial v.
 
-Paddle trap (PADDLE_NOTES §8.5): a Paddle Linear weight is [in, out], so the per-output
+Paddle trap (docs/paddle_notes.md, "Linear weight layout and weight norm"): a Paddle Linear weight is [in, out], so the per-output
 norm runs over axis 0, not axis 1 as in PyTorch's [out, in]. We implement the
 reparametrisation by hand (no `paddle.nn.utils.weight_norm`) so the axis is explicit.
 

@@ -1,4 +1,4 @@
-"""Static-graph (oneDNN) coupling networks for sampling (models/flowpp/fast_nn.py).
+"""Static-graph (oneDNN) coupling networks for sampling (paddle_coopflow/accel/coupling.py).
 
 References are independent of the static path: the dygraph network, and the dygraph *forward* flow,
 which must map the statically sampled images back to their z.
@@ -10,17 +10,14 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_coopflow.accel import coupling as accel_coupling
+from paddle_coopflow.accel.coupling import StaticCouplingNN, make_coupling_nn
 from paddle_coopflow.models.flowpp import FlowPlusPlus, data_init
-from paddle_coopflow.models.flowpp import fast_nn
 from paddle_coopflow.models.flowpp.coupling import Coupling
 from paddle_coopflow.models.flowpp.nn import NN
+from paddle_coopflow.utils.env import onednn_cpu
 
-pytestmark = pytest.mark.skipif(not fast_nn.available(), reason="needs a CPU Paddle build with oneDNN")
-
-# One fresh interpreter per test (tests/_isolation.py): processes that built many static programs
-# crashed Paddle 3.3.1 now and then, here too (docs/speed.md, open problem).
-ISOLATE_EACH_TEST = True
-
+pytestmark = pytest.mark.skipif(not onednn_cpu(), reason="needs a CPU Paddle build with oneDNN")
 
 
 def _rel_maxdiff(out, ref):
@@ -32,14 +29,15 @@ def test_static_network_equals_dygraph_dynamic_batch_and_sees_weight_updates():
     paddle.seed(0)
     net = NN(3, 8, 2, 4, 0.2, True)
     net.eval()
-    snn = fast_nn.StaticNN(net, "on")
+    snn = StaticCouplingNN(net, strict=True)
     opt = paddle.optimizer.Adam(0.05, parameters=net.parameters())
     for n in (1, 5):                                   # one program, two batch sizes
         x = paddle.randn([n, 3, 8, 4])
         with paddle.no_grad():
-            snn(x)                                     # first call of the key builds (returns dygraph)
+            first = snn(x)                             # first call of the key builds and returns the program's result
             got, ref = snn(x), net(x)
         assert _rel_maxdiff(got, ref) <= 1e-5
+        assert _rel_maxdiff(first, got) == 0.0         # deterministic: the first call is the program too
     assert snn.n_compiled == 1 and list(snn.chosen().values()) == ["static"]
     before = [o.numpy() for o in got]
     net.train()
@@ -55,16 +53,16 @@ def test_static_network_equals_dygraph_dynamic_batch_and_sees_weight_updates():
 
 def test_output_ops_survive_the_onednn_rewrite():
     """Each network output must come from an op the in-place oneDNN rewrite keeps (see the same test in
-    test_langevin_fast.py: an output of a replaced op is read from freed memory)."""
-    from test_langevin_fast import program_output_ops
+    test_accel_langevin.py: an output of a replaced op is read from freed memory)."""
+    from test_accel_langevin import program_output_ops
 
     paddle.seed(0)
     net = NN(3, 8, 2, 4, 0.2, True)
     net.eval()
-    snn = fast_nn.StaticNN(net, "on")
+    snn = StaticCouplingNN(net, strict=True)
     with paddle.no_grad():
         snn(paddle.randn([2, 3, 8, 4]))
-    (prog,) = [p for p in snn._programs.values() if p is not None]
+    (prog,) = [p for _, p in snn.cache.programs.values()]
     for outputs, rewritten in program_output_ops(prog):
         assert rewritten and outputs and all(name == "pd_op.share_data_" for name, _ in outputs), outputs
 
@@ -73,7 +71,7 @@ def test_output_ops_survive_the_onednn_rewrite():
 def tiny_flow():
     paddle.seed(1)
     flow = FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=8, num_blocks=1, num_components=4,
-                        num_dequant_blocks=0, inverse_method="fast")
+                        num_dequant_blocks=0, inverse_method="newton")
     data_init(flow, paddle.rand([8, 3, 8, 8]) * 2 - 1)
     flow.eval()
     return flow
@@ -87,7 +85,7 @@ def test_sampling_with_static_networks_inverts_the_dygraph_forward(tiny_flow):
     with paddle.no_grad():
         l, _ = flow.to_logits(y, zero)                 # logits of images, where the flow was initialised
         z, _ = flow.flows(l, zero)                     # dygraph forward
-        flow.set_fast_nn("on")
+        flow.set_coupling_engine("static")
         flow.flows(z, zero, reverse=True)              # builds and checks every coupling network
         l_back, _ = flow.flows(z, zero, reverse=True)  # inverse with the static networks
     couplings = [m for m in flow.flows.sublayers() if isinstance(m, Coupling)]
@@ -97,9 +95,9 @@ def test_sampling_with_static_networks_inverts_the_dygraph_forward(tiny_flow):
 
 def test_static_networks_only_when_sampling_in_eval_without_grad(tiny_flow, monkeypatch):
     flow = copy.deepcopy(tiny_flow)
-    flow.set_fast_nn("on")
+    flow.set_coupling_engine("static")
     calls = []
-    monkeypatch.setattr(fast_nn.StaticNN, "__call__", lambda self, x: calls.append(1) or self.net(x))
+    monkeypatch.setattr(StaticCouplingNN, "__call__", lambda self, x: calls.append(1) or self.net(x))
     z = paddle.randn([2, 3, 8, 8])
     flow.inverse(z)
     n_eval = len(calls)
@@ -129,13 +127,32 @@ def test_failure_falls_back_in_auto_and_raises_in_on(monkeypatch, caplog):
 
     monkeypatch.setattr(paddle.jit, "to_static", broken)
     with paddle.no_grad():
-        snn = fast_nn.StaticNN(net, "auto")
-        with caplog.at_level(logging.WARNING, logger="paddle_coopflow.fast_nn"):
+        snn = make_coupling_nn(net, "auto")
+        with caplog.at_level(logging.WARNING, logger="paddle_coopflow.accel.coupling"):
             out = snn(x)
             out = snn(x)
         assert _rel_maxdiff(out, net(x)) == 0.0 and list(snn.chosen().values()) == ["dygraph"]
-        assert "using dygraph" in caplog.text
-        with pytest.raises(RuntimeError, match="Flow.fast_nn"):
-            fast_nn.StaticNN(net, "on")(x)
-    with pytest.raises(ValueError, match="fast_nn"):
-        FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=4, num_blocks=1, num_components=2, fast_nn="yes")
+        assert caplog.text.count("using dygraph") == 1          # one line, once
+        with pytest.raises(RuntimeError, match="Flow.coupling_engine"):
+            make_coupling_nn(net, "static")(x)
+    for old, new in (("on", "static"), ("off", "dygraph")):     # an old value names the new one
+        with pytest.raises(ValueError, match=f"Flow.coupling_engine.*'{new}'"):
+            FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=4, num_blocks=1, num_components=2, coupling_engine=old)
+    assert make_coupling_nn(net, "dygraph") is None
+
+
+def test_engine_choice_is_deterministic_and_deep_copies_get_their_own_cache(tiny_flow):
+    """'auto' builds the static runner on oneDNN CPU builds without timing anything; a deep-copied flow
+    gets a fresh runner over its own copy of each network (no programs shared between copies)."""
+    flow = copy.deepcopy(tiny_flow)
+    flow.set_coupling_engine("auto")
+    couplings = [m for m in flow.flows.sublayers() if isinstance(m, Coupling)]
+    assert all(isinstance(c.static_nn, StaticCouplingNN) and not c.static_nn.cache.strict for c in couplings)
+    z = paddle.randn([2, 3, 8, 8])
+    flow.inverse(z)
+    assert all(c.static_nn.n_compiled == 1 for c in couplings)
+    twin = copy.deepcopy(flow)
+    twins = [m for m in twin.flows.sublayers() if isinstance(m, Coupling)]
+    assert all(t.static_nn.net is t.nn and t.static_nn.n_compiled == 0 for t in twins)
+    assert float((twin.inverse(z) - flow.inverse(z)).abs().max()) == 0.0
+    assert not hasattr(accel_coupling, "_KEEP_ALIVE")

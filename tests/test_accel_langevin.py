@@ -1,25 +1,21 @@
-"""Fast (static-graph, oneDNN) Langevin step against the dygraph step, T = 30, on a tiny EBM_res.
+"""Static-graph (oneDNN) Langevin step (paddle_coopflow/accel) against the dygraph step, T = 30, on a tiny EBM_res.
 
 The reference is a plain loop over `langevin.langevin_step` (the dygraph step, itself checked against
-closed forms in test_langevin.py), so these tests stay meaningful whatever langevin_flow dispatches to.
-Both program variants are forced in turn (strict: a failure raises instead of falling back).
+closed forms in test_langevin.py). Both program variants are forced in turn (strict: a failure raises
+instead of falling back), and every comparison asserts that the static program really ran.
 """
 import copy
-import inspect
 import logging
 
 import numpy as np
 import paddle
 import pytest
 
-from paddle_coopflow import langevin_fast as lf
+from paddle_coopflow.accel import make_langevin_step
+from paddle_coopflow.accel.langevin_step import CPU_FLAGS, StaticLangevinStep
 from paddle_coopflow.langevin import langevin_flow, langevin_step
-from paddle_coopflow.models.ebm import EBMMLP, EBMPlain, EBMRes
-
-# One fresh interpreter per test (tests/_isolation.py): processes that built many static programs
-# crashed Paddle 3.3.1 now and then, here too (docs/speed.md, open problem).
-ISOLATE_EACH_TEST = True
-
+from paddle_coopflow.models.ebm import EBMPlain, EBMRes
+from paddle_coopflow.utils.env import onednn_cpu
 
 T = 30
 TOL = 1e-5
@@ -46,52 +42,40 @@ def _x(n, seed, size=8):
     return paddle.to_tensor(np.random.RandomState(seed).uniform(-1, 1, (n, 3, size, size)).astype("float32"))
 
 
-@pytest.fixture(autouse=True)
-def _mode_off():
-    old = lf.get_mode()
-    lf.set_mode("off")
-    yield
-    lf.set_mode(old)
-
-
 @pytest.fixture(scope="module")
 def ebm():
     paddle.seed(3)
     return EBMRes(3, 8, 8)   # 8 px: stem + one block + head
 
 
-@pytest.mark.parametrize("size", [8, 16])
-def test_manual_gradient_equals_autograd_in_float64(size):
-    paddle.seed(5)
-    net = EBMRes(3, 4, size)
-    net.to(dtype="float64")
-    x = paddle.to_tensor(np.random.RandomState(0).uniform(-1, 1, (2, 3, size, size)))
-    x.stop_gradient = False
-    f_ref = net(x)
-    (g_ref,) = paddle.grad([f_ref.sum()], [x])
-    for adjoint in (None, lf.res_adjoint_weights(net)):   # derived in the graph, or precomputed per chain
-        f, g = lf.res_energy_and_grad(net, x, adjoint)
-        np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
-        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-10, atol=1e-14)
-    assert lf.supports_manual(net) and not lf.supports_manual(EBMPlain(3, 4))
-    assert not lf.supports_manual(EBMMLP(2, 8, 1))
-
-
 def test_equals_dygraph_with_weight_update_and_bookkeeping(ebm):
     check_equals_dygraph_with_weight_update(ebm, "manual")
 
 
+def test_autograd_variant_equals_dygraph_without_onednn(ebm, monkeypatch):
+    """The opt-in paddle.grad program: same chain as dygraph over T = 30 and after an Adam step, and never
+    run with oneDNN (while the manual program does set the flag, so the spy is not blind)."""
+    ebm = copy.deepcopy(ebm)
+    seen = []
+    real = paddle.set_flags
+    monkeypatch.setattr(paddle, "set_flags", lambda flags: (seen.append(dict(flags)), real(flags)))
+    check_equals_dygraph_with_weight_update(ebm, "autograd")
+    assert not any(f.get("FLAGS_use_onednn") for f in seen), seen
+    if onednn_cpu():
+        StaticLangevinStep(ebm, "manual", strict=True).step(_x(2, 1), *CLIPS)
+        assert any(f.get("FLAGS_use_onednn") for f in seen)
+
+
 def check_equals_dygraph_with_weight_update(ebm, variant):
-    """Clips active; an Adam step in dygraph between two calls must be seen by the program.
-    (Also run for variant 'autograd' by test_langevin_fast_autograd.py.)"""
-    fast = lf.FastLangevin(ebm, strict=True, variant=variant)
+    """Clips active; an Adam step in dygraph between two calls must be seen by the program."""
+    fast = StaticLangevinStep(ebm, variant, strict=True)
     x = _x(3, 0)
     x_copy = x.numpy().copy()
     opt = paddle.optimizer.Adam(1e-2, parameters=ebm.parameters())
     (-ebm(_x(4, 9)).mean()).backward()          # leave some parameter grads behind
     grads = [p.grad.numpy().copy() for p in ebm.parameters()]
     flags = [p.stop_gradient for p in ebm.parameters()]
-    global_flags = paddle.get_flags(list(lf.CPU_FLAGS))
+    global_flags = paddle.get_flags(list(CPU_FLAGS))
 
     a = _fast_flow(fast, x, T, *CLIPS)
     b = _dygraph_flow(ebm, x, T, *CLIPS)
@@ -104,7 +88,7 @@ def check_equals_dygraph_with_weight_update(ebm, variant):
     # bookkeeping: input untouched, flags restored, grads untouched, the requested program in use
     np.testing.assert_array_equal(x.numpy(), x_copy)
     assert [p.stop_gradient for p in ebm.parameters()] == flags
-    assert paddle.get_flags(list(lf.CPU_FLAGS)) == global_flags   # only set around the static call
+    assert paddle.get_flags(list(CPU_FLAGS)) == global_flags   # only set around the static call
     for p, g in zip(ebm.parameters(), grads):
         np.testing.assert_array_equal(p.grad.numpy(), g)
     assert list(fast.chosen().values()) == [variant] and fast.n_compiled == 1 and fast.n_fallback_steps == 0
@@ -122,7 +106,7 @@ def program_output_ops(static_layer):
     """(op name, op id) of every op whose result a cached program of `static_layer` returns, per program.
     Reads to_static's program cache (private API; Paddle 3.3.1)."""
     found = []
-    for _, (_, partial) in static_layer.forward._program_cache._caches.items():
+    for _, (_, partial) in static_layer.forward._program_cache._caches.items():  # noqa: SIM118
         prog = partial.infer_program.forward_program
         ops = [op.operand_source(0).get_defining_op() for op in prog.global_block().ops
                if op.name() == "builtin.shadow_output"]
@@ -136,12 +120,13 @@ def test_output_ops_survive_the_onednn_rewrite(ebm):
     the original output values: an output made by a replaced op is read from freed memory (the intermittent
     segfault; before the fix output 0 came from a replaced clip). Every output must come from an op that is
     not replaced: pd_op.share_data_ (.detach())."""
-    if not lf.available():
+    if not onednn_cpu():
         pytest.skip("needs a CPU Paddle build with oneDNN")
-    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    fast = StaticLangevinStep(ebm, "manual", strict=True)
     fast.step(_x(3, 4), *CLIPS)                                 # builds, checks and runs the program
     fast.step(_x(3, 4), 2.0, 0.02, None, None, 0.5)             # no image clip, noise input
-    for variant, layer in fast._programs.values():
+    assert len(fast.cache.programs) == 2
+    for variant, layer in fast.cache.programs.values():
         for outputs, rewritten in program_output_ops(layer):
             assert rewritten, "no onednn_op in the program: the check would be blind"
             assert len(outputs) == 3 and all(name == "pd_op.share_data_" for name, _ in outputs), outputs
@@ -151,9 +136,9 @@ def test_chain_scope_computes_weight_factors_once_per_chain(ebm, monkeypatch):
     """Inside fast.chain() the manual step reuses its weight-only factors; a new chain sees new weights."""
     ebm = copy.deepcopy(ebm)
     calls = []
-    real = lf.res_adjoint_weights
-    monkeypatch.setattr(lf, "res_adjoint_weights", lambda net: calls.append(1) or real(net))
-    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    real = ebm.adjoint_weights
+    monkeypatch.setattr(ebm, "adjoint_weights", lambda: calls.append(1) or real())
+    fast = StaticLangevinStep(ebm, "manual", strict=True)
     opt = paddle.optimizer.Adam(1e-2, parameters=ebm.parameters())
     x = _x(3, 0)
     with fast.chain():
@@ -171,7 +156,7 @@ def test_chain_scope_computes_weight_factors_once_per_chain(ebm, monkeypatch):
 
 
 def test_no_clips_given_noise_no_grad_and_dynamic_batch(ebm):
-    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    fast = StaticLangevinStep(ebm, "manual", strict=True)
     s, std = 0.3, 0.5
     for n in (3, 5):                             # second batch size: same program
         x = _x(n, n)
@@ -192,7 +177,7 @@ def test_no_clips_given_noise_no_grad_and_dynamic_batch(ebm):
 
 
 def test_eval_mode_ebm_gets_its_own_program(ebm):
-    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    fast = StaticLangevinStep(ebm, "manual", strict=True)
     x = _x(3, 2)
     fast.step(x, *CLIPS)
     ebm.eval()
@@ -206,7 +191,7 @@ def test_eval_mode_ebm_gets_its_own_program(ebm):
 
 
 def test_returns_f_and_drift_like_the_dygraph_step(ebm):
-    fast = lf.FastLangevin(ebm, strict=True, variant="manual")
+    fast = StaticLangevinStep(ebm, "manual", strict=True)
     x = _x(3, 4)
     got = fast.step(x, *CLIPS)                    # first call: build, check, return the program's result
     ref = langevin_step(ebm, x, *CLIPS)
@@ -219,29 +204,28 @@ def test_auto_is_deterministic_and_first_call_is_the_program(ebm):
     """'auto' never times anything: EBM_res always gets the static program, and the very first call
     already returns the program's result (bit-identical to a later call on the same input), so a process
     that starts mid-run (resume) computes what an uninterrupted one does."""
+    if not onednn_cpu():
+        pytest.skip("'auto' builds the static step only on CPU builds with oneDNN")
     x = _x(2, 3)
-    fast = lf.FastLangevin(ebm)
-    first = fast.step(x, *CLIPS)
-    assert list(fast.chosen().values()) == ["manual"] and fast.n_fallback_steps == 0
-    again = fast.step(x, *CLIPS)
-    other = lf.FastLangevin(ebm)                   # a second object (another process, say) agrees bit for bit
-    third = other.step(x, *CLIPS)
+    step = make_langevin_step(ebm, "auto")
+    first = step(ebm, x, *CLIPS)
+    fast = step.static
+    assert list(fast.chosen().values()) == ["manual"] and fast.n_fallback_steps == 0 and fast.n_compiled == 1
+    again = step(ebm, x, *CLIPS)
+    third = make_langevin_step(ebm, "auto")(ebm, x, *CLIPS)   # a second object (another process, say)
     for a, b, c in zip(first, again, third):
         assert _maxdiff(a, b) == 0.0 and _maxdiff(a, c) == 0.0
-    xp = paddle.rand([2, 3, 32, 32]) * 2 - 1
-    plain = lf.FastLangevin(EBMPlain(3, 4))        # no manual gradient: dygraph ('autograd' is opt-in only)
-    plain.step(xp, *CLIPS)
-    assert list(plain.chosen().values()) == ["dygraph"] and plain.n_compiled == 0
-    with pytest.raises(RuntimeError, match="Langevin.engine=auto or dygraph"):
-        lf.FastLangevin(plain.ebm, strict=True).step(xp, *CLIPS)
+    plain = EBMPlain(3, 4)                          # no manual gradient: dygraph ('autograd' is opt-in only)
+    assert make_langevin_step(plain, "auto") is langevin_step
+    with pytest.raises(ValueError, match="Langevin.engine=auto or dygraph"):
+        make_langevin_step(plain, "static")
 
 
 def test_fallback_when_compile_fails(ebm, monkeypatch, caplog):
-    monkeypatch.setattr(lf, "_logged", set())
-    monkeypatch.setattr(lf.FastLangevin, "_compile", lambda self, key, variant: 1 / 0)
-    fast = lf.FastLangevin(ebm)
+    monkeypatch.setattr(StaticLangevinStep, "_make", lambda self, key, dtype, adjoint: 1 / 0)
+    fast = StaticLangevinStep(ebm)
     x = _x(3, 5)
-    with caplog.at_level(logging.WARNING, logger="paddle_coopflow.langevin_fast"):
+    with caplog.at_level(logging.WARNING, logger="paddle_coopflow.accel.langevin"):
         out = x
         for _ in range(4):
             out = fast.step(out, *CLIPS)[0]
@@ -250,19 +234,20 @@ def test_fallback_when_compile_fails(ebm, monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if "dygraph" in r.getMessage()]
     assert len(lines) == 1 and "ZeroDivisionError" in lines[0]   # one line for the one candidate tried
     with pytest.raises(RuntimeError, match="Langevin.engine"):   # forced static: an error naming the switch
-        lf.FastLangevin(ebm, strict=True).step(x, *CLIPS)
+        StaticLangevinStep(ebm, strict=True).step(x, *CLIPS)
 
 
 def test_wrong_numbers_on_first_run_fall_back(ebm, monkeypatch):
-    real_run = lf.FastLangevin._run
+    from paddle_coopflow.accel.program import ProgramCache
 
-    def bad_run(self, prog, x, shift):
-        out = real_run(self, prog, x, shift)
+    real_run = ProgramCache.run
+
+    def bad_run(self, prog, inputs):
+        out = real_run(self, prog, inputs)
         return (out[0] + 1e-3,) + out[1:]
 
-    monkeypatch.setattr(lf, "_logged", set())
-    monkeypatch.setattr(lf.FastLangevin, "_run", bad_run)
-    fast = lf.FastLangevin(ebm, variant="manual")
+    monkeypatch.setattr(ProgramCache, "run", bad_run)
+    fast = StaticLangevinStep(ebm, "manual")
     x = _x(3, 6)
     for _ in range(2):
         out = fast.step(x, *CLIPS)[0]
@@ -270,28 +255,37 @@ def test_wrong_numbers_on_first_run_fall_back(ebm, monkeypatch):
     assert fast.n_compiled == 0 and fast.n_fallback_steps == 2
 
 
-def test_modes_and_dispatch_rules(ebm):
+def test_engines_and_dispatch_rules(ebm):
     with pytest.raises(ValueError, match="Langevin.engine"):
-        lf.set_mode("fast")
+        make_langevin_step(ebm, "fast")
     with pytest.raises(ValueError, match="variant"):
-        lf.FastLangevin(ebm, variant="fast")
-    assert lf.enabled("off") is False and lf.enabled("on") is True
-    assert lf.enabled("auto") == lf.available()
-    assert lf.available() == (paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
-    step = lf.make_langevin_step(ebm)
-    assert lf.make_langevin_step(ebm).fast is step.fast          # cached on the EBM
-    assert lf.make_langevin_step(copy.deepcopy(ebm)).fast is not step.fast
+        StaticLangevinStep(ebm, "fast")
+    assert make_langevin_step(ebm, "dygraph") is langevin_step
+    static = make_langevin_step(ebm, "static")
+    assert isinstance(static.static, StaticLangevinStep) and static.static.cache.strict
+    auto = make_langevin_step(ebm, "auto")
+    assert (auto is langevin_step) == (not onednn_cpu())
+    assert onednn_cpu() == (paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
+    assert not hasattr(ebm, "_coopflow_fast_langevin")       # nothing is hung on the EBM
     # the differentiable chain goes to the dygraph step
     x = _x(2, 7)
     x.stop_gradient = False
-    y, _, _ = step(ebm, x, 0.5, None, None, create_graph=True)
+    y, _, _ = static(ebm, x, 0.5, None, None, create_graph=True)
     (gx,) = paddle.grad([y.sum()], [x])
-    assert gx is not None and not y.stop_gradient
+    assert gx is not None and not y.stop_gradient and static.static.n_compiled == 0
+
+
+def test_engine_choice_is_logged_once_per_call(ebm, caplog):
+    with caplog.at_level(logging.INFO, logger="paddle_coopflow.accel.langevin"):
+        make_langevin_step(ebm, "static")
+        make_langevin_step(ebm, "dygraph")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "static" in lines[0] and "dygraph" in lines[1] and "Langevin.engine" in lines[1]
 
 
 def test_inside_a_to_static_trace_the_dygraph_step_is_traced(ebm):
     """The exported sampler calls langevin_flow inside to_static: no nested static step there."""
-    step = lf.make_langevin_step(ebm)
+    step = make_langevin_step(ebm, "static")
     seen = []
 
     class Sampler(paddle.nn.Layer):
@@ -300,7 +294,7 @@ def test_inside_a_to_static_trace_the_dygraph_step_is_traced(ebm):
             self.ebm = ebm
 
         def forward(self, x):
-            seen.append(lf.enabled("on"))
+            seen.append(paddle.in_dynamic_mode())
             for _ in range(3):
                 x = step(self.ebm, x, *CLIPS)[0]
             return x
@@ -311,15 +305,17 @@ def test_inside_a_to_static_trace_the_dygraph_step_is_traced(ebm):
                                   full_graph=True)
     ref = _dygraph_flow(ebm, _x(3, 11), 3, *CLIPS)
     out = static(_x(3, 11))   # a fresh input: the traced dygraph step is not ours to guard
-    assert seen == [False] and step.fast.n_compiled == 0
+    assert seen == [False] and step.static.n_compiled == 0
     assert _maxdiff(out, ref) <= TOL
 
 
-@pytest.mark.skipif("fast" not in inspect.signature(langevin_flow).parameters,
-                    reason="langevin_flow has no `fast` switch yet")
-def test_langevin_flow_dispatch(ebm):
+def test_langevin_flow_with_the_static_step(ebm):
+    """langevin_flow(step=make_langevin_step(ebm, 'static')) equals the dygraph flow, and the program ran."""
     x = _x(3, 8)
-    a, st = langevin_flow(ebm, x, T, *CLIPS, fast=True, return_stats=True)
-    b, sb = langevin_flow(ebm, x, T, *CLIPS, fast=False, return_stats=True)
+    step = make_langevin_step(ebm, "static")
+    a, st = langevin_flow(ebm, x, T, *CLIPS, return_stats=True, step=step)
+    b, sb = langevin_flow(ebm, x, T, *CLIPS, return_stats=True)
     assert _maxdiff(a, b) <= TOL
     assert abs(st["delta_clip_frac"] - sb["delta_clip_frac"]) < 1e-3 and st["delta_clip_frac"] > 0
+    assert step.static.n_compiled == 1 and step.static.n_fallback_steps == 0
+    assert step.static._adjoint is None          # the chain scope was closed
