@@ -1,7 +1,7 @@
 """paddle_coopflow: CoopFlow (Xie, Zhu, Li & Li, ICLR 2022) in PaddlePaddle.
 
-Importing the package quietens Paddle's start-up noise (glog lines, the ccache
-warning; PADDLE_NOTES §8) *before* anything imports paddle. It does not import
+Importing the package quietens Paddle's start-up noise (its glog info lines and the
+"No ccache found" warning) *before* anything imports paddle. It does not import
 paddle itself, so `import paddle_coopflow` stays cheap.
 """
 import os as _os

@@ -338,7 +338,7 @@ def test_digits_values_sizes_and_splits():
 def test_sampler_world1_matches_reference_batching():
     s = EpochBatchSampler(50000, 28, True, seed=0, epoch=0)
     b = s.index_batches()
-    assert len(s) == len(b) == 1786 and len(b[-1]) == 20  # SPEC §4.1
+    assert len(s) == len(b) == 1786 and len(b[-1]) == 20  # the official CIFAR-10 batching at B = 28
     assert sorted(np.concatenate(b).tolist()) == list(range(50000))
     assert not np.array_equal(np.concatenate(b)[:100], np.arange(100))
     plain = EpochBatchSampler(10, 4, False, 0, 0).index_batches()

@@ -419,3 +419,32 @@ def test_stats_from_folder_and_npz_agree(evaluator, tmp_path):
     np.testing.assert_allclose(s_u8, want[1], rtol=1e-6, atol=1e-9)
     with pytest.raises(UserError, match="only 3"):
         stats_from_source(str(tmp_path / "imgs"), evaluator, num=4)
+
+
+def test_feature_model_replaces_inception(tmp_path):
+    """Eval.feature_model: a jit-saved net's features at the images' own size, for every input form."""
+    import paddle
+
+    paddle.seed(4)
+    net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 5, 3, padding=1), paddle.nn.Tanh(),
+                               paddle.nn.AdaptiveAvgPool2D(1), paddle.nn.Flatten())
+    net.eval()
+    prefix = str(tmp_path / "feat")
+    paddle.jit.save(net, prefix, input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32")])
+    ev = FIDEvaluator(feature_model=prefix, batch_size=2)
+    u8 = np.random.default_rng(13).integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
+    pm1 = u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    want = net(paddle.to_tensor(pm1)).numpy()
+    f = ev.features(u8)
+    assert f.shape == (3, 5) and f.dtype == np.float64
+    np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ev.features([pm1[:2], pm1[2:]]), want, rtol=1e-5, atol=1e-6)  # batches
+    mu, sigma = ev.stats(pm1)
+    np.testing.assert_allclose(mu, want.mean(axis=0), rtol=1e-5, atol=1e-6)
+    for bad in (str(tmp_path / "missing"),):
+        with pytest.raises(UserError, match="Eval.feature_model"):
+            FIDEvaluator(feature_model=bad)
+    params = tmp_path / "feat.pdiparams"
+    params.write_bytes(b"")  # an unusable file: one line, not a Paddle traceback
+    with pytest.raises(UserError, match="cannot load feature model"):
+        FIDEvaluator(feature_model=prefix)

@@ -1,11 +1,13 @@
-"""Datasets and the deterministic epoch loader (SPEC §5).
+"""Datasets and the deterministic epoch loader.
 
 Every dataset yields `(x, y)`: `x` float32 `[C, H, W]` in [-1, 1] (ToTensor then
 Normalize(0.5, 0.5), i.e. `u8 / 255 * 2 - 1` up to float rounding) and `y` int64.
 Sample order and horizontal flips for an epoch are a pure function of
 `(seed, epoch)` (see `sampler.py`), so a resumed run sees exactly the batches an
 uninterrupted run would. Nothing here ever downloads: missing or corrupt files raise
-`DatasetError` with a one-line message naming the expected path and the file's origin.
+`DatasetError` (a `UserError`: tools print it as one line, exit 2) naming the expected path or
+the corrupt file and where to get a good copy. A corrupt image is found when it is read, so it
+can surface in the middle of a run; the message names the file.
 
 Public API:
     build_dataset(cfg, split) -> ImageDataset
@@ -13,12 +15,9 @@ Public API:
     load_images(cfg, split, n=None, shuffle_seed=None) -> uint8 [N, H, W, C]
 """
 
+from ..errors import DatasetError
 
-class DatasetError(Exception):
-    """Missing, corrupt or misconfigured dataset (one-line message naming the fix)."""
-
-
-# Submodules import DatasetError from this package, so it is defined first.
+# Submodules import DatasetError from this package, so it is imported first.
 from .base import ImageDataset  # noqa: E402
 from .build import build_dataset, load_images  # noqa: E402
 from .loader import EpochLoader, build_dataloader  # noqa: E402

@@ -16,7 +16,7 @@ from .svhn import load_svhn
 
 NAMES = ("cifar10", "svhn", "celeba", "folder", "digits")
 SPLITS = ("train", "test", "all", "extra")
-# Horizontal flip is the paper's augmentation for CIFAR-10 only ([P], SPEC §5).
+# Horizontal flip is the paper's augmentation for CIFAR-10 only (appendix A.2).
 DEFAULT_HFLIP = {"cifar10": True}
 
 
@@ -76,10 +76,10 @@ def load_images(cfg: Any, split: str, n: Optional[int] = None,
 
     Args:
         cfg: data config (as for build_dataset).
-        split: split to read (SPEC §4.7: [T] uses the train split for CIFAR/SVHN, all for CelebA).
+        split: split to read (the official code uses the train split for CIFAR/SVHN, all for CelebA).
         n: number of images (None = all; at most the split size).
         shuffle_seed: None = the first n in dataset order; else the first n of
-            np.random.default_rng(shuffle_seed).permutation(N) ([T]'s "shuffled" sets).
+            np.random.default_rng(shuffle_seed).permutation(N) (a "shuffled" set).
 
     Returns:
         uint8 [n, H, W, C] (divide by 255 for [0, 1]).

@@ -4,9 +4,9 @@ Accepted `root`, checked in this order:
   1. the zip `img_align_celeba.zip` itself (any *.zip);
   2. a folder containing `img_align_celeba/` → that folder's images;
   3. a folder containing `img_align_celeba.zip` → the zip;
-  4. any other folder → all images below it (e.g. [T]'s ImageFolder root `data/celeba`).
-Images are read lazily (a zip is opened once per process). SPEC §5: all 202,599 images,
-no split; Resize(32) on the short side (178×218 → 32×39) then CenterCrop(32). Labels are 0.
+  4. any other folder → all images below it (e.g. the official code's ImageFolder root `data/celeba`).
+Images are read lazily (a zip is opened once per process). CoopFlow uses all 202,599
+images, no split; Resize(32) on the short side (178×218 → 32×39) then CenterCrop(32). Labels are 0.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class CelebADataset(ImageDataset):
 
     def __init__(self, root: str, split: str, image_size: int, channels: int, hflip: bool):
         super().__init__("celeba", split, image_size, channels, hflip)
-        check_split(split, "CelebA (CoopFlow trains and evaluates on all images, SPEC §5)")
+        check_split(split, "CelebA (CoopFlow trains and evaluates on all images)")
         self._zip = None
         self._zip_pid = None
         if os.path.isfile(root) and root.lower().endswith(".zip"):

@@ -46,6 +46,10 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def _parse_batch(raw: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
     """Pickled batch bytes → (uint8 [N, 32, 32, 3], int64 [N])."""
     try:
@@ -54,7 +58,7 @@ def _parse_batch(raw: bytes, where: str) -> Tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError,
             IndexError) as e:
-        raise DatasetError(f"CIFAR-10 batch {where} is corrupt ({type(e).__name__}: {e}); "
+        raise DatasetError(f"CIFAR-10 batch {where} is corrupt ({type(e).__name__}: {_one_line(e)}); "
                            f"re-download from {URL}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetError(f"CIFAR-10 batch {where} has data {data.shape} / {len(labels)} labels, "
@@ -74,7 +78,7 @@ def _read_members_from_tar(path: str, names: List[str]) -> Dict[str, bytes]:
                     out[base] = tf.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DatasetError(f"CIFAR-10 archive {path} is corrupt or unreadable "
-                           f"({type(e).__name__}: {e}); re-download {ARCHIVE} from {URL}") from None
+                           f"({type(e).__name__}: {_one_line(e)}); re-download {ARCHIVE} from {URL}") from None
     missing = [n for n in names if n not in out]
     if missing:
         raise DatasetError(f"CIFAR-10 archive {path} lacks {', '.join(missing)}; "

@@ -68,13 +68,18 @@ def check_split(split: str, what: str) -> None:
 
 
 def open_image(fileobj, where: str) -> Image.Image:
-    """Decode an image fully (so errors surface here, naming the file)."""
+    """Decode an image fully, so that a corrupt file fails here with a DatasetError naming it."""
     try:
         img = Image.open(fileobj)
         img.load()
         return img
+    except Image.UnidentifiedImageError:
+        empty = fileobj.seek(0, os.SEEK_END) == 0 if hasattr(fileobj, "seek") else False
+        what = "is empty (0 bytes)" if empty else "is not an image file Pillow can read"
+        raise DatasetError(f"image {where} {what}; replace or delete the file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot decode image {where} ({type(e).__name__}: {e}); "
+        detail = " ".join(str(e).split())
+        raise DatasetError(f"cannot decode image {where} ({type(e).__name__}: {detail}); "
                            f"replace or delete the file") from None
 
 

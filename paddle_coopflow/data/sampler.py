@@ -15,7 +15,7 @@ into W contiguous near-equal parts (np.array_split), so the last per-rank batche
 smaller than B and differ by one item. If rem < W, the tail is padded cyclically with the
 first items of the epoch's order so every rank gets one sample (W - rem duplicates; the
 only case where shards overlap). With world_size 1 this is plain ⌈N/B⌉ batches with a
-partial last batch, as in [T] (CIFAR, B = 28: 1,786 batches, the last of 20).
+partial last batch, as in the official code (CIFAR, B = 28: 1,786 batches, the last of 20).
 
 Resume: `start_batch=k` skips this rank's first k batches of the epoch; the remaining
 batches are identical to those of an uninterrupted epoch.

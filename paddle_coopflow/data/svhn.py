@@ -47,13 +47,15 @@ def load_svhn(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"SVHN split must be one of {SPLITS}, got {split!r}")
     path = _locate(root, split)
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
         x, y = mat["X"], mat["y"]
-    except (ValueError, TypeError, KeyError, OSError, NotImplementedError, EOFError) as e:
+    except (MatReadError, ValueError, TypeError, KeyError, OSError, NotImplementedError, EOFError) as e:
+        detail = " ".join(str(e).split())
         raise DatasetError(f"SVHN file {path} is corrupt or not a MATLAB v5 file "
-                           f"({type(e).__name__}: {e}); re-download from {URL}") from None
+                           f"({type(e).__name__}: {detail}); re-download from {URL}") from None
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
         raise DatasetError(f"SVHN file {path} has X {x.shape} / y {y.shape}, expected "
                            f"X [32, 32, 3, N] and y [N, 1]; re-download from {URL}")

@@ -1,13 +1,30 @@
 """Image transforms in numpy/PIL (paddle.vision transforms need cv2 for numpy input).
 
-The CoopFlow pipeline (SPEC §5) is torchvision's Resize(size) → CenterCrop(size) →
-ToTensor → Normalize(0.5, 0.5). Resize with an int resizes the *short* side with PIL
-bilinear (which antialiases when downscaling); these functions reproduce it exactly.
+The CoopFlow pipeline (the official code's data loading) is torchvision's Resize(size) →
+CenterCrop(size) → ToTensor → Normalize(0.5, 0.5). Resize with an int resizes the *short*
+side with PIL bilinear (which antialiases when downscaling); these functions reproduce it
+exactly. Images with more than 8 bits per sample (16-bit grey PNGs) are first scaled to
+8 bits, so their full range maps to [0, 255] and then to [-1, 1].
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit grey image (PIL mode 'I;16*', or 'I' as older Pillow opens 16-bit PNGs) to 8-bit 'L'.
+
+    v8 = round(v16 / 257), so 0 → 0 and 65535 → 255 (PIL's own conversion clips every value above
+    255 to white). Other modes are returned unchanged.
+    """
+    if img.mode not in HIGH_DEPTH_MODES:
+        return img
+    arr = np.asarray(img).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
@@ -52,6 +69,7 @@ def to_model_image(img: "Image.Image | np.ndarray", size: int, channels: int) ->
             return arr  # fast path: in-memory datasets already at model format
         img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     mode = "RGB" if channels == 3 else "L"
+    img = to_8bit(img)
     if img.mode != mode:
         # Grey → RGB replicates the channel; RGB → L is ITU-R 601-2 luma.
         img = img.convert("RGB").convert(mode) if mode == "L" else img.convert(mode)

@@ -1,13 +1,15 @@
 """Fréchet Inception Distance, computed the way pytorch-fid computes it.
 
-Protocol (SPEC §4.6-4.7): pool3 features of the FID Inception-v3
-(metrics/inception.py) for every image, mu = mean, sigma = covariance
+Protocol (pytorch-fid's, which the paper's FIDs follow): pool3 features of the FID
+Inception-v3 (metrics/inception.py) for every image, mu = mean, sigma = covariance
 (float64, np.cov rowvar=False convention: divides by N-1), and
 
     FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)).
 
-The matrix algebra is NumPy/SciPy on purpose: paddle.linalg has no sqrtm and
-its eigen-solvers are ~40x slower on CPU (PADDLE_NOTES §8.7).
+`FIDEvaluator(feature_model=PREFIX)` swaps Inception for any `paddle.jit.save`d feature
+extractor (a proxy: its numbers are not FIDs and are labelled so by the callers).
+The matrix algebra is NumPy/SciPy on purpose: paddle.linalg has no sqrtm and its
+eigen-solvers are much slower on CPU (docs/paddle_notes.md, "Slow paddle.linalg eigen-solvers").
 Stats files are .npz with keys `mu` and `sigma`, the same as pytorch-fid's
 `--save-stats` output, so both tools can read each other's files.
 """
@@ -152,27 +154,51 @@ def _batch_to_nchw(images, value_range) -> Tuple[np.ndarray, Tuple[float, float]
     return x, tuple(value_range)
 
 
+def load_feature_model(prefix: str):
+    """A `paddle.jit.save`d feature extractor from `prefix` (Eval.feature_model), in eval mode."""
+    import paddle
+
+    have = [prefix + suf for suf in (".json", ".pdmodel") if os.path.isfile(prefix + suf)]
+    if not have or not os.path.isfile(prefix + ".pdiparams"):
+        raise UserError(f"feature model '{prefix}' not found: expected {prefix}.json (or .pdmodel) and "
+                        f"{prefix}.pdiparams written by paddle.jit.save; set Eval.feature_model=PREFIX")
+    try:
+        net = paddle.jit.load(prefix)
+    except Exception as err:  # a truncated or foreign file: Paddle raises many kinds
+        raise UserError(f"cannot load feature model '{prefix}': {type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:300]}") from None
+    net.eval()
+    return net
+
+
 class FIDEvaluator:
-    """Inception features, statistics and FID for images in memory, on disk or streamed.
+    """Features, statistics and FID for images in memory, on disk or streamed.
 
     Args:
         weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a converted
             .pdparams (Eval.inception_weights).
-        batch_size: images per Inception forward pass.
+        batch_size: images per network forward pass.
         random_init: random Inception weights, for pipeline tests and timing ONLY —
             the resulting numbers are not FIDs.
         progress: show a tqdm bar while extracting features.
+        feature_model: prefix of a `paddle.jit.save`d extractor (input float32
+            [N, 3, H, W] in [-1, 1], output [N, D]; Eval.feature_model) used instead of
+            Inception, at the images' own size (no resize to 299).
     """
 
     def __init__(self, weights: Optional[str] = None, batch_size: int = 50,
-                 random_init: bool = False, progress: bool = False):
-        from paddle_coopflow.metrics.inception import build_fid_inception
-
+                 random_init: bool = False, progress: bool = False, feature_model: str = ""):
         if batch_size < 1:
             raise UserError(f"FID batch_size must be >= 1, got {batch_size}")
-        self.net = build_fid_inception(weights, random_init=random_init)
+        self.feature_model = feature_model or ""
+        if self.feature_model:
+            self.net = load_feature_model(self.feature_model)
+        else:
+            from paddle_coopflow.metrics.inception import build_fid_inception
+
+            self.net = build_fid_inception(weights, random_init=random_init)
         self.batch_size = int(batch_size)
-        self.random_init = bool(random_init) and not weights
+        self.random_init = bool(random_init) and not weights and not self.feature_model
         self.progress = progress
         if self.random_init:
             warnings.warn("FIDEvaluator(random_init=True): random Inception weights, the "
@@ -184,23 +210,31 @@ class FIDEvaluator:
         lo, hi = value_range
         with paddle.no_grad():
             t = paddle.to_tensor(x)
-            if (lo, hi) == (-1, 1):
+            if self.feature_model:
+                out = self.net(t if (lo, hi) == (-1, 1) else (t - lo) * (2.0 / float(hi - lo)) - 1.0)
+            elif (lo, hi) == (-1, 1):
                 out = self.net(t)
             else:  # to [0, 1], then pytorch-fid's own resize-then-2x-1 path
                 out = self.net.forward_unit((t - lo) / float(hi - lo))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        if len(out.shape) != 2:
+            raise UserError(f"feature model '{self.feature_model}' returned shape {list(out.shape)}; "
+                            "expected [N, D]")
         return out.numpy().astype(np.float64)
 
     def features(self, images, value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
-        """Pool3 features.
+        """Features of an image array/tensor or of an iterable of batches.
 
         Args:
             images: numpy array or paddle.Tensor, float [N, C, H, W] in [-1, 1], or uint8
-                [N, H, W, C]; C = 1 is repeated to 3.
+                [N, H, W, C]; C = 1 is repeated to 3. Or an iterable of such batches.
             value_range: override the range, e.g. (0, 1) for float images in [0, 1].
         Returns:
-            [N, 2048] float64.
+            [N, D] float64 (D = 2048 for Inception).
         """
-        feats = list(self._iter_features([images], value_range))
+        if isinstance(images, np.ndarray) or hasattr(images, "numpy"):
+            images = [images]
+        feats = list(self._iter_features(images, value_range))
         if not feats:
             raise UserError("FIDEvaluator.features: no images given")
         return np.concatenate(feats, axis=0)
@@ -251,15 +285,18 @@ def iter_image_folder(folder: str, batch_size: int = 50, num: Optional[int] = No
                       ) -> Iterator[np.ndarray]:
     """uint8 [B, H, W, 3] batches from an image folder (RGB, like pytorch-fid's loader).
 
-    A batch is cut early when the image size changes, so mixed sizes work.
+    A batch is cut early when the image size changes, so mixed sizes work. 16-bit grey
+    images are scaled to 8 bits; a file that does not decode raises a one-line
+    DatasetError naming it.
     """
-    from PIL import Image
+    from paddle_coopflow.data.folder import open_image
+    from paddle_coopflow.data.transforms import to_8bit
 
     files = _take(list_image_files(folder), num, f"folder '{folder}'")
     batch = []
     for path in files:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        with open(path, "rb") as fh:
+            arr = np.asarray(to_8bit(open_image(fh, path)).convert("RGB"))
         if batch and arr.shape != batch[0].shape:
             yield np.stack(batch)
             batch = []
