@@ -449,7 +449,7 @@ class Trainer:
             # (the EBM loss is no quality measure, so other modes have no `best` until FID is on).
             bpd = float(np.mean(self._epoch_bpd))
             self._epoch_bpd = []
-            self.log.record(self.global_iter, {"train/epoch_bpd": bpd})
+            self.log.record(self.global_iter, {"train/epoch_bpd": bpd, "epoch": self.epoch})
             if bpd < self.best["value"]:
                 self.best = {"metric": "train_bpd", "value": bpd, "epoch": self.epoch}
                 outputs.link_best(self)
