@@ -2,13 +2,13 @@
 
 For every method in --methods it times `flow.inverse(z)` end to end and, separately, the time
 spent inside the mixture-CDF inversions (the rest is the coupling networks, ActNorm, InvConv).
-A method is an inverse ("bisection", the reference, or "fast"), optionally with "+static": the
-coupling networks then run as static-graph oneDNN programs (Flow.fast_nn, models/flowpp/fast_nn.py)
+A method is an inverse ("bisection", the official code's, or "newton"), optionally with "+static": the
+coupling networks then run as static-graph oneDNN programs (Flow.coupling_engine, paddle_coopflow/accel/coupling.py)
 instead of dygraph. With --truth (default) it also samples once with every mixture inverse solved in
-float64 (the "fast" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of
+float64 (the "newton" method in float64, accurate to ~1e-14, then cast back), i.e. the exact inverse of
 each float32 dygraph coupling, and, with --truth64, once with the whole flow in float64 (the exact
 sampler of these weights, for every engine); it reports each method's max |image - truth|.
-It also samples once with every "fast" coupling output moved by one float32 ulp (random
+It also samples once with every "newton" coupling output moved by one float32 ulp (random
 direction): how far images move under the smallest possible change of the inverses, i.e. the
 float32 noise floor of this flow's sampler, below which no comparison of methods is meaningful.
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-blocks", type=int, default=10)
     p.add_argument("--num-components", type=int, default=32)
     p.add_argument("--no-attn", action="store_true")
-    p.add_argument("--methods", nargs="+", default=["bisection", "fast", "fast+static"])
+    p.add_argument("--methods", nargs="+", default=["bisection", "newton", "newton+static"])
     p.add_argument("--truth64", action="store_true", help="also sample with the whole flow in float64")
     p.add_argument("--no-truth", dest="truth", action="store_false", help="skip the float64-inverse reference run")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per method (after a 1-image warm-up)")
@@ -68,7 +68,7 @@ class _InverseTimer:
 
         t = time.perf_counter()
         if self.float64:
-            x = self.inner(*(a.astype("float64") for a in (y, logits, means, log_scales)), method="fast")
+            x = self.inner(*(a.astype("float64") for a in (y, logits, means, log_scales)), method="newton")
             x = x.astype(y.dtype)
         else:
             x = self.inner(y, logits, means, log_scales, method=method)
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
     with _InverseTimer(coupling_module) as timer:
         for method in args.methods:
             _set_method(flow, method.split("+")[0])
-            flow.set_fast_nn("on" if method.endswith("+static") else "off")
+            flow.set_coupling_engine("static" if method.endswith("+static") else "dygraph")
             if method.endswith("+static"):   # first call: trace + compile + check of each coupling network
                 t = time.perf_counter()
                 flow.inverse(z[:1]).numpy()
@@ -146,15 +146,15 @@ def main(argv=None) -> dict:
             res["methods"][method] = {"end_to_end_s": total, "mixture_inverse_s": inner, "rest_s": total - inner}
             print(f"{method:10s} end-to-end {total:8.2f} s | mixture inverse {inner:8.2f} s | "
                   f"rest {total - inner:8.2f} s", flush=True)
-        flow.set_fast_nn("off")
+        flow.set_coupling_engine("dygraph")
         if args.truth:
             timer.float64 = True
             t = time.perf_counter()
             truth = flow.inverse(z).numpy()
             res["truth_s"] = time.perf_counter() - t
             timer.float64 = False
-        if "fast" in images:
-            _set_method(flow, "fast")
+        if "newton" in images:
+            _set_method(flow, "newton")
             timer.nudge = np.random.default_rng(args.seed)
             nudged = flow.inverse(z).numpy()
             timer.nudge = None
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
 
         flow64 = copy.deepcopy(flow)
         flow64.to(dtype="float64")
-        _set_method(flow64, "fast")
+        _set_method(flow64, "newton")
         t = time.perf_counter()
         truth64 = flow64.inverse(z.astype("float64")).numpy()
         res["truth64_s"] = time.perf_counter() - t
@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
             res[f"{method}_vs_truth64"] = diff(img, truth64)
             print(f"max |{method} - float64-flow truth| = {res[f'{method}_vs_truth64']['max']:.2e} "
                   f"(99.9th pct {res[f'{method}_vs_truth64']['p99.9']:.1e})")
-    if "fast" in images:
-        res["one_ulp_sensitivity"] = diff(nudged, images["fast"])
+    if "newton" in images:
+        res["one_ulp_sensitivity"] = diff(nudged, images["newton"])
         print(f"noise floor: max |image change| when every coupling output moves by 1 ulp = "
               f"{res['one_ulp_sensitivity']['max']:.2e} (99.9th pct {res['one_ulp_sensitivity']['p99.9']:.1e})")
     print(f"load average start {res['load_avg_start']}, end {res['load_avg_end']}; threads {threads}")

@@ -33,9 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-attn", action="store_true")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (after one warm-up)")
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
-    p.add_argument("--inverse-methods", nargs="+", default=["bisection", "fast"], choices=["bisection", "fast"])
-    p.add_argument("--nn-engines", nargs="+", default=["off", "auto"], choices=["off", "auto", "on"],
-                   help="Flow.fast_nn values to sample with (off = dygraph coupling networks)")
+    p.add_argument("--inverse-methods", nargs="+", default=["bisection", "newton"], choices=["bisection", "newton"])
+    p.add_argument("--nn-engines", nargs="+", default=["dygraph", "auto"], choices=["dygraph", "auto", "static"],
+                   help="Flow.coupling_engine values to sample with (dygraph = dygraph coupling networks)")
     p.add_argument("--sample-mode", choices=["eval", "train"], default="eval",
                    help="eval (generation) or train (as during CoopFlow training: dropout on)")
     return p.parse_args(argv)
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
             for m in flow.sublayers():
                 if hasattr(m, "inverse_method"):
                     m.inverse_method = method
-            flow.set_fast_nn(engine)
+            flow.set_coupling_engine(engine)
             smp = _timeit(lambda: flow.sample(args.samples).numpy(), args.repeats)  # .numpy(): completion
             samples[f"{method}/nn:{engine}"] = round(float(np.median(smp)), 3)
     result = dict(threads=threads, params=n_params, batch=args.batch, samples=args.samples,

@@ -2,7 +2,7 @@
 
 Times, at one batch size, (1) dygraph generation as `CoopFlow.sample` does it (flow.inverse in eval
 mode + T Langevin steps at the test step size), optionally (`fast`) the same with the in-process
-static oneDNN Langevin step of paddle_coopflow.langevin_fast, (2) the flow alone in dygraph, (3) the
+static oneDNN Langevin step of paddle_coopflow.accel, (2) the flow alone in dygraph, (3) the
 exported `coopflow_sampler` (the fused engine of deploy/python/infer.py, oneDNN off, as required),
 (4) the stepwise engine (`flow_generator` with oneDNN off, then the grad-free `langevin_step` looped T
 times with oneDNN on; EBMRes only) and (5) `flow_generator` alone in Paddle Inference.
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="batch of the untimed warm-up run (0 = --batch); 1 halves the cost of slow configs")
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
     p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,stepwise,flow",
-                   help="comma list of: dygraph, fast (flow + langevin_fast static oneDNN step), "
+                   help="comma list of: dygraph, fast (flow + the static oneDNN Langevin step of paddle_coopflow.accel), "
                         "dygraph_flow, sampler (fused engine), stepwise (stepwise engine, oneDNN on), "
                         "stepwise_nodnn (the same with oneDNN off), flow, "
                         "flow_onednn (flow_generator with oneDNN, inplace_pass off)")
@@ -96,14 +96,17 @@ def _bench_dygraph(parts, flow, ebm, lg, z, zw, repeats: int, report) -> None:
     clip = tuple(lg.image_clip) if lg.image_clip else None
     if "dygraph" in parts:
         def dygraph_sample(z0):
-            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip,
-                                 fast=False).numpy()
+            return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip).numpy()
 
         report("dygraph_coopflow", _median_time(lambda: dygraph_sample(z), repeats, lambda: dygraph_sample(zw)))
-    if "fast" in parts:  # the in-process static Langevin step with oneDNN (paddle_coopflow.langevin_fast)
+    if "fast" in parts:  # the in-process static Langevin step with oneDNN (paddle_coopflow.accel)
+        from paddle_coopflow.accel import make_langevin_step
+
+        step = make_langevin_step(ebm, "static")
+
         def fast_sample(z0):
             return langevin_flow(ebm, flow.inverse(z0), lg.n_steps, lg.test_step_size, lg.delta_clip, clip,
-                                 fast=True).numpy()
+                                 step=step).numpy()
 
         report("dygraph_flow+fast_langevin", _median_time(lambda: fast_sample(z), repeats, lambda: fast_sample(zw)))
     if "dygraph_flow" in parts:
@@ -115,10 +118,10 @@ def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, rep
 
     import infer  # deploy/python/infer.py: the deployment's own predictor settings and engines
     from paddle_coopflow.export import export_all
-    from paddle_coopflow.langevin_fast import supports_manual
+    from paddle_coopflow.accel import supports_manual_grad
 
     stepwise = [p for p in ("stepwise", "stepwise_nodnn") if p in parts]
-    if stepwise and not supports_manual(ebm):
+    if stepwise and not supports_manual_grad(ebm):
         print(f"{'stepwise':28s} skipped: {type(ebm).__name__} has no grad-free langevin_step", flush=True)
         stepwise = []
     programs = [p for p, want in (("coopflow_sampler", "sampler"), ("flow_generator", "flow")) if want in parts]

@@ -1,4 +1,4 @@
-"""Benchmark one Langevin step of EBM_res: Paddle dygraph vs Paddle fast (static + oneDNN) vs PyTorch eager.
+"""Benchmark one Langevin step of EBM_res: Paddle dygraph vs Paddle static (+ oneDNN) vs PyTorch eager.
 
 Run by hand, never in CI. The defaults are the paper EBM (nf = 128, 32×32) at batch 8 and 28 with
 2 threads; the three variants are timed interleaved (one call of each per round) so that a change of
@@ -93,12 +93,13 @@ def _import_torch(skip: bool):
     return torch
 
 
-def chain_check(ebm, lf, args, np, paddle) -> dict:
-    """max |fast − dygraph| after T steps for both program variants, before and after an Adam step."""
+def chain_check(ebm, args, np, paddle) -> dict:
+    """max |static − dygraph| after T steps for both program variants, before and after an Adam step."""
+    from paddle_coopflow.accel import StaticLangevinStep
     from paddle_coopflow.langevin import langevin_step
 
     T, s = args.check_steps, args.check_step_size
-    fasts = {v: lf.FastLangevin(ebm, strict=True, variant=v) for v in VARIANTS}
+    fasts = {v: StaticLangevinStep(ebm, v, strict=True) for v in VARIANTS}
     x0 = paddle.to_tensor(np.random.RandomState(1).uniform(-1, 1, (args.check_batch, 3, args.img, args.img))
                           .astype("float32"))
     out = {}
@@ -137,20 +138,21 @@ def main(argv=None) -> dict:
     import numpy as np
     import paddle
 
-    from paddle_coopflow import langevin_fast as lf
+    from paddle_coopflow.accel import StaticLangevinStep
     from paddle_coopflow.langevin import langevin_step
     from paddle_coopflow.models.ebm import EBMRes
+    from paddle_coopflow.utils.env import onednn_cpu
 
     torch = _import_torch(args.no_torch)
     load0 = os.getloadavg()
     seed_everything(0)
     ebm = EBMRes(3, args.nf, args.img)
     n_params = sum(int(np.prod(p.shape)) for p in ebm.parameters())
-    fasts = {v: lf.FastLangevin(ebm, strict=True, variant=v) for v in VARIANTS}
+    fasts = {v: StaticLangevinStep(ebm, v, strict=True) for v in VARIANTS}
     tebm = None
     info = {"machine": f"{_cpu_model()}, {os.cpu_count()} logical cores", "python": platform.python_version(),
             "paddle": paddle.__version__, "torch": torch.__version__ if torch else None, "threads": threads,
-            "nf": args.nf, "img": args.img, "params": n_params, "fast_available": lf.available(),
+            "nf": args.nf, "img": args.img, "params": n_params, "fast_available": onednn_cpu(),
             "load_avg_start": [round(v, 2) for v in load0]}
     if torch is not None:
         from torch_ebm import TorchEBMRes, copy_from_paddle, cross_check
@@ -186,7 +188,7 @@ def main(argv=None) -> dict:
                     w, c = _timed(fn)
                     wall[k].append(w)
                     cpu[k].append(c)
-        adj = [_timed(lambda: lf.res_adjoint_weights(ebm)[-1].numpy()) for _ in range(3)]
+        adj = [_timed(lambda: ebm.adjoint_weights()[-1].numpy()) for _ in range(3)]
         adj_wall, adj_cpu = _median([a for a, _ in adj]), _median([c for _, c in adj])
         wall["paddle_manual"] = [v + adj_wall / args.chain_T for v in wall["paddle_manual"]]
         cpu["paddle_manual"] = [v + adj_cpu / args.chain_T for v in cpu["paddle_manual"]]
@@ -204,7 +206,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(json.dumps(row))
 
-    chain = chain_check(ebm, lf, args, np, paddle) if args.check_steps > 0 else None
+    chain = chain_check(ebm, args, np, paddle) if args.check_steps > 0 else None
     result = dict(info, rows=rows, chain=chain, chain_T=args.chain_T, peak_rss_mb=round(_rss_mb()),
                   load_avg_end=[round(v, 2) for v in os.getloadavg()])
     _print_table(result)

@@ -151,7 +151,7 @@ class ProgramCache:
             return None
         self.programs[key] = (label, program)
         self.n_compiled += 1
-        self.log_once(f"{self.what} for {key[0]}: static program ({label})", logging.INFO)
+        self.log_once(f"{self.what} for {key[0]}: {label} program", logging.INFO)
         return out
 
     def call(self, key: tuple, inputs: Sequence) -> Optional[tuple]:
