@@ -1,4 +1,4 @@
-"""Evaluation tools: sampling, FID plumbing, reconstruction / inpainting / interpolation (SPEC §4.6-4.7, §6).
+"""Evaluation tools: sampling, FID plumbing, reconstruction / inpainting / interpolation (paper §5.3, Figure 12).
 
 A tiny CoopFlow (1×16×16 digits, T = 3) is trained for 2 iterations once per module; tools run as
 subprocesses with a handful of images. Inception forwards cost ~0.2 s per image on CPU, so FID tests use
@@ -13,8 +13,10 @@ import types
 import numpy as np
 import paddle
 import pytest
+from PIL import Image
 
 from paddle_coopflow import evaluation as ev
+from paddle_coopflow.cli import load_model
 from paddle_coopflow.config import load_config
 from paddle_coopflow.errors import UserError
 from paddle_coopflow.models.ebm import EBMRes
@@ -26,7 +28,7 @@ TINY = ["Data.name=digits", "Data.root=", "Data.image_size=16", "Data.channels=1
         "EBM.in_channels=1", "EBM.base_channels=8", "EBM.img_size=16",
         "Langevin.n_steps=3", "Train.batch_size=8", "Train.max_iters=2", "Train.data_init_batches=1",
         "Train.data_init_group=1", "Export.on_train_end=false", "Global.use_visualdl=false",
-        "Global.sample_interval=0", "Global.threads=2", "Langevin.engine=dygraph", "Eval.fid_num_samples=8", "Eval.fid_ref_num=8",
+        "Global.sample_interval=0", "Global.threads=2", "Langevin.engine=dygraph", "Eval.fid_num_samples=8", "Eval.ref_num=8",
         "Eval.fid_batch_size=8", "Eval.sample_batch_size=4"]
 
 
@@ -178,7 +180,7 @@ def test_samples_do_not_depend_on_batch_size(run, nets):
 
 
 def test_config_from_checkpoint_when_c_is_omitted(run):
-    cfg, flow, ebm = ev.load_for_eval(None, ["Langevin.test_step_size=0.5"], run[1])
+    cfg, flow, ebm = load_model(None, ["Langevin.test_step_size=0.5"], run[1])
     assert cfg.Flow.mid_channels == 8 and cfg.Langevin.test_step_size == 0.5
     assert flow is not None and ebm is not None and not flow.training and not ebm.training
 
@@ -248,12 +250,13 @@ def test_in_training_fid_wiring_and_reference_cache(run, nets, tmp_path, monkeyp
     from paddle_coopflow.metrics.fid import frechet_distance
 
     cfg = run[2]
-    trainer = types.SimpleNamespace(cfg=cfg, flow=nets[0], ebm=nets[1], run_dir=str(tmp_path))
     with pytest.raises(UserError, match="Eval.inception_weights"):  # no weights configured: one-line error
-        ev.in_training_fid(trainer)
+        ev.InTrainingFID(cfg)(nets[0], nets[1], str(tmp_path))
     pe = PixelEvaluator()
-    monkeypatch.setattr(ev, "_evaluator", lambda w, b: pe)
-    fid = ev.in_training_fid(trainer)
+    monkeypatch.setattr(ev.InTrainingFID, "_build_evaluator", lambda self: pe)
+    fid_eval = ev.InTrainingFID(cfg)
+    assert fid_eval.log_key == "eval/fid_8"
+    fid = fid_eval(nets[0], nets[1], str(tmp_path))
     gen = ev.generate_samples(nets[0], nets[1], cfg, 8, 3, seed=cfg.Global.seed + ev.FID_SEED_OFFSET)[1]
     ref = load_images(cfg.Data, "train", n=8)
     assert fid == pytest.approx(frechet_distance(*pe.stats(gen), *pe.stats(ref)), rel=1e-6, abs=1e-8)
@@ -261,14 +264,71 @@ def test_in_training_fid_wiring_and_reference_cache(run, nets, tmp_path, monkeyp
     import paddle_coopflow.data as data
 
     monkeypatch.setattr(data, "load_images", lambda *a, **k: pytest.fail("reference stats not cached"))
-    assert ev.in_training_fid(trainer) == pytest.approx(fid, rel=1e-6)  # same seed, cached reference
+    assert fid_eval(nets[0], nets[1], str(tmp_path)) == pytest.approx(fid, rel=1e-6)  # same seed, cached ref
+    trainer = types.SimpleNamespace(cfg=cfg, flow=nets[0], ebm=nets[1], run_dir=str(tmp_path))
+    assert ev.in_training_fid(trainer) == pytest.approx(fid, rel=1e-6)  # a fresh object, same number
+
+
+def jit_feature_net(path):
+    """A tiny random conv net saved with paddle.jit.save: [N, 3, H, W] in [-1, 1] → [N, 6]."""
+    paddle.seed(3)
+    net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 6, 3, padding=1), paddle.nn.ReLU(),
+                               paddle.nn.AdaptiveAvgPool2D(1), paddle.nn.Flatten())
+    net.eval()
+    paddle.jit.save(net, str(path), input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32")])
+    return net
+
+
+def test_proxy_fid_and_kid_with_a_jit_feature_model(run, nets, tmp_path):
+    from paddle_coopflow.metrics.fid import compute_stats, frechet_distance
+    from paddle_coopflow.metrics.kid import kernel_inception_distance
+
+    net = jit_feature_net(tmp_path / "feat" / "net")
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    rs = np.random.RandomState(1)
+    for i in range(6):  # the held-out reference folder (Eval.ref_root), grey 16x16 like the data
+        Image.fromarray(rs.randint(0, 256, (16, 16), np.uint8)).save(ref_dir / f"{i}.png")
+    cfg = load_config(run[0], [f"Eval.feature_model={tmp_path / 'feat' / 'net'}", f"Eval.ref_root={ref_dir}",
+                               "Eval.ref_num=5", "Eval.fid_every_epochs=1"])
+    fe = ev.InTrainingFID(cfg)
+    fe.check()
+    assert fe.proxy and fe.log_key == "eval/proxy_fid"
+    out = fe.evaluate(nets[0], nets[1], str(tmp_path / "cache"))
+    assert set(out) == {"eval/proxy_fid", "eval/proxy_kid"}
+
+    def feats(x):  # [N, 1, H, W] in [-1, 1] → the network's features, channel repeated to 3
+        return net(paddle.to_tensor(np.repeat(x, 3, axis=1).astype("float32"))).numpy().astype(np.float64)
+
+    gen = feats(ev.generate_samples(nets[0], nets[1], cfg, 8, 4, seed=cfg.Global.seed + ev.FID_SEED_OFFSET)[1])
+    ref_u8 = ev.reference_images(cfg)
+    assert ref_u8.shape == (5, 16, 16, 1)
+    ref = feats(ref_u8.transpose(0, 3, 1, 2) / 127.5 - 1.0)
+    want = frechet_distance(*compute_stats(gen), *compute_stats(ref))
+    assert out["eval/proxy_fid"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert out["eval/proxy_kid"] == pytest.approx(kernel_inception_distance(gen, ref)[0], rel=1e-3, abs=1e-6)
+    assert (tmp_path / "cache" / "proxy_ref_features.npz").is_file()
+    assert fe(nets[0], nets[1], str(tmp_path / "cache")) == pytest.approx(out["eval/proxy_fid"], rel=1e-9)
+
+    r = tool("eval.py", run[1], "ref", "-c", run[0], "--num", 4, "--no-progress",
+             "-o", f"Eval.feature_model={tmp_path / 'feat' / 'net'}", "-o", f"Eval.ref_root={ref_dir}",
+             "-o", "Eval.ref_num=5")
+    assert r.returncode == 0, r.stderr
+    assert "proxy FID:" in r.stdout and "proxy KID:" in r.stdout and "NOT comparable" in r.stdout
+    bad = load_config(run[0], [f"Eval.feature_model={tmp_path / 'nope'}", "Eval.fid_every_epochs=1"])
+    with pytest.raises(UserError, match="Eval.feature_model"):
+        ev.InTrainingFID(bad).check()
 
 
 def test_check_fid_setup_fails_fast(tmp_path):
-    ev.check_fid_setup(load_config(None, TINY))  # FID off: nothing to check
-    for extra in ([], [f"Eval.inception_weights={tmp_path / 'no.pth'}"]):
-        with pytest.raises(UserError, match="Inception weights"):
-            ev.check_fid_setup(load_config(None, TINY + ["Eval.fid_every_epochs=5"] + extra))
+    ev.InTrainingFID(load_config(None, TINY)).check()  # FID off: nothing to check
+    for extra, named in (([], "Eval.inception_weights is empty"),
+                         ([f"Eval.inception_weights={tmp_path / 'no.pth'}"], str(tmp_path / "no.pth"))):
+        with pytest.raises(UserError) as e:
+            ev.InTrainingFID(load_config(None, TINY + ["Eval.fid_every_epochs=5"] + extra)).check()
+        msg = str(e.value)
+        assert named in msg and "-o Eval.inception_weights=PATH" in msg and "-o Eval.fid_every_epochs=0" in msg
+        assert "\n" not in msg
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(UserError, match="fid_ref_stats"):
         ev.check_fid_setup(load_config(None, TINY + [
@@ -279,7 +339,7 @@ def test_check_fid_setup_fails_fast(tmp_path):
 def test_trainer_evaluate_fid_logs_and_selects_best(run, monkeypatch):
     from paddle_coopflow.trainer import Trainer
 
-    monkeypatch.setattr(ev, "_evaluator", lambda w, b: PixelEvaluator())
+    monkeypatch.setattr(ev.InTrainingFID, "_build_evaluator", lambda self: PixelEvaluator())
     trainer = Trainer(run[2], resume=run[1])
     try:
         fid = trainer.evaluate_fid()
@@ -304,12 +364,12 @@ def test_reconstruct_inpaint_interpolate_tools(run, tmp_path):
     for f in ("recon_curve.png", "recon_triples.png", "recon.npz"):
         assert (tmp_path / "rec" / f).is_file()
     r = tool("reconstruct.py", "-c", cfg_path, "--ckpt", prefix, "--out", tmp_path / "base", "--num", 1,
-             "--steps", 1, "--langevin-only", "--langevin-steps", 2)
+             "--steps", 1, "--langevin-only", "-o", "Langevin.n_steps=2")
     assert r.returncode == 0 and "Langevin flow alone" in r.stdout, r.stderr
     assert json.loads((tmp_path / "base" / "recon_summary.json").read_text())["init"] == "uniform"
 
     r = tool("inpaint.py", "-c", cfg_path, "--ckpt", prefix, "--out", tmp_path / "inp", "--num", 1, "--n-init", 2,
-             "--steps", 2, "--langevin-steps", 2, "--snapshot-every", 1)
+             "--steps", 2, "-o", "Langevin.n_steps=2", "--snapshot-every", 1)
     assert r.returncode == 0, r.stderr
     names = set(os.listdir(tmp_path / "inp"))
     assert {"step_000.png", "step_001.png", "step_002.png", "masked.png", "original.png", "final_pasted.png",
@@ -318,7 +378,7 @@ def test_reconstruct_inpaint_interpolate_tools(run, tmp_path):
     assert s["missing_pixels"] == 64 and np.isfinite(s["mse_per_pixel_missing"])
 
     r = tool("interpolate.py", "-c", cfg_path, "--ckpt", prefix, "--out", tmp_path / "itp", "--pairs", 1,
-             "--points", 3, "--steps", 1, "--random-pairs", 1, "--langevin-steps", 2, "--deterministic-dequant")
+             "--points", 3, "--steps", 1, "--random-pairs", 1, "-o", "Langevin.n_steps=2", "--deterministic-dequant")
     assert r.returncode == 0, r.stderr
     with np.load(tmp_path / "itp" / "interp.npz") as f:
         assert f["revised"].shape == (1, 3, 1, 16, 16) and f["random_decoded"].shape == (1, 3, 1, 16, 16)

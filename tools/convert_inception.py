@@ -13,10 +13,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
-from paddle_coopflow.errors import UserError  # noqa: E402
+import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
+from paddle_coopflow.cli import run_cli
+from paddle_coopflow.errors import UserError
 
 
 def convert(src: str, dst: str) -> int:
@@ -44,16 +45,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dst = args.out or os.path.splitext(args.src)[0] + ".pdparams"
     if not dst.endswith(".pdparams"):
-        print("error: the output name must end with .pdparams", file=sys.stderr)
-        return 2
-    try:
-        n = convert(args.src, dst)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"the output name must end with .pdparams, got '{dst}'")
+    n = convert(args.src, dst)
     print(f"wrote {n} tensors to {dst}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -6,8 +6,9 @@
 Writes flow_generator, energy, energy_grad, coopflow_sampler and, for EBM_res, the grad-free
 langevin_step (each `<name>.json` + `<name>.pdiparams` under Paddle 3) and infer_cfg.yml into
 Export.save_dir (default: <Global.output_dir>/inference).
-Run them with deploy/python/infer.py. The config must describe the checkpoint's networks; a mismatch
-(e.g. another width) is reported in one line.
+Run them with deploy/python/infer.py. -c is optional: the config stored in the checkpoint is used
+when it is omitted. The config must describe the checkpoint's networks; a mismatch (e.g. another width)
+is reported in one line.
 """
 import argparse
 import os
@@ -17,18 +18,19 @@ import time
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import add_config_args, load_config, run_cli
+from paddle_coopflow.cli import add_config_args, config_for, run_cli
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    add_config_args(parser, required=False)
     parser.add_argument("--ckpt", required=True, metavar="PREFIX",
-                        help="checkpoint prefix, e.g. output/run/ckpt/latest (only PREFIX.pdparams is read)")
+                        help="checkpoint prefix, e.g. output/run/ckpt/latest (PREFIX.pdparams; PREFIX.pdstates "
+                             "too when -c is omitted)")
     parser.add_argument("--programs", nargs="+", default=None, metavar="NAME",
                         help="subset of: flow_generator energy energy_grad coopflow_sampler langevin_step (default: all)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.override)
+    cfg = config_for(args.config, args.override, args.ckpt)
 
     import paddle
 

@@ -1,16 +1,18 @@
-"""Interpolation in the flow's latent space, revised by the Langevin flow ([P] §5.3, Figure 6; SPEC §6 test_interp).
+"""Interpolation in the flow's latent space, revised by the Langevin flow (paper §5.3, Figure 6).
 
     python tools/interpolate.py -c CONFIG --ckpt PREFIX --out DIR [--pairs 10] [--points 21] [--deterministic-dequant]
 
-Images start .. start+2·pairs−1 of the Data split: the first half is paired with the second half ([T]).
+Images start .. start+2·pairs−1 of the Data split: the first half is paired with the second half (as the
+official code).
 Both ends are reconstructed (x̂*, 201 steps, lr 0.03 × 0.99^j), z = g⁻¹(x̂*) comes from the flow's forward pass
-(random dequantization noise as [T]; --deterministic-dequant fixes it at ε = 0 / u = ½), the segment z_a → z_b
+(random dequantization noise as the official code; --deterministic-dequant fixes it at ε = 0 / u = ½), the segment z_a → z_b
 is cut into --points points, decoded by the flow and revised by the Langevin flow. --random-pairs more rows
-interpolate between random z ~ N(0, I).
+interpolate between random z ~ N(0, I). T and s: -o Langevin.n_steps=... -o Langevin.step_size=... .
 
 Writes interp_coopflow.png (columns: x_a, the revised points, x_b), interp_flow.png (the decoded points
 before revision), random_coopflow.png / random_flow.png, and interp.npz.
-Note: with Flow.undo_bound=false ([T]) g(g⁻¹(x)) ≈ 0.9·x, so the end points come out slightly faded (SPEC §6).
+Note: with Flow.undo_bound=false (the official code) g(g⁻¹(x)) ≈ 0.9·x, so the end points come out slightly
+faded.
 """
 import argparse
 import os
@@ -19,18 +21,17 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import add_config_args, run_cli
+from paddle_coopflow.cli import add_model_args, load_model, run_cli
 from paddle_coopflow.errors import UserError
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, required=False)
-    parser.add_argument("--ckpt", required=True, metavar="PREFIX")
+    add_model_args(parser)
     parser.add_argument("--out", required=True)
     parser.add_argument("--split", default="train")
-    parser.add_argument("--start", type=int, default=0, help="first image ([T]: 120, the 7th batch of 20)")
-    parser.add_argument("--pairs", type=int, default=10, help="image pairs ([T]: 10)")
+    parser.add_argument("--start", type=int, default=0, help="first image (the official code: 120, its 7th batch of 20)")
+    parser.add_argument("--pairs", type=int, default=10, help="image pairs (the official code: 10)")
     parser.add_argument("--points", type=int, default=21, help="points on each segment, ends included")
     parser.add_argument("--random-pairs", type=int, default=10, help="rows between random latents (0 = none)")
     parser.add_argument("--steps", type=int, default=201, help="reconstruction steps")
@@ -38,27 +39,29 @@ def main(argv=None):
     parser.add_argument("--decay", type=float, default=0.99)
     parser.add_argument("--deterministic-dequant", action="store_true",
                         help="infer z with the dequantization noise at its centre instead of a random draw")
-    parser.add_argument("--langevin-steps", type=int, default=None, help="T (default Langevin.n_steps)")
-    parser.add_argument("--langevin-step-size", type=float, default=None, help="s (default Langevin.step_size)")
-    parser.add_argument("--seed", type=int, default=12, help="[T] test_interp: 12")
+    parser.add_argument("--seed", type=int, default=12, help="the official code: 12")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.points < 2 or args.steps < 0 or args.random_pairs < 0:
         raise UserError("--pairs >= 1, --points >= 2, --steps >= 0 and --random-pairs >= 0 are required")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     import numpy as np
 
-    from paddle_coopflow.evaluation import interpolate, interpolate_latents, load_eval_images, load_for_eval
+    from paddle_coopflow.evaluation import interpolate, interpolate_latents, load_eval_images
     from paddle_coopflow.logger import save_png, to_uint8_grid
 
-    cfg, flow, ebm = load_for_eval(args.config, args.override, args.ckpt)
+    cfg, flow, ebm = load_model(args.config, args.override, args.ckpt)
     if flow is None or ebm is None:
         raise UserError(f"{args.ckpt} must hold a flow and an EBM (a CoopFlow checkpoint)")
-    T = cfg.Langevin.n_steps if args.langevin_steps is None else args.langevin_steps
-    s = cfg.Langevin.step_size if args.langevin_step_size is None else args.langevin_step_size
+    T, s = cfg.Langevin.n_steps, cfg.Langevin.step_size
     x = load_eval_images(cfg, args.split, args.start, 2 * args.pairs)
     xa, xb = x[: args.pairs], x[args.pairs:]
-    dq = "deterministic (eps=0 / u=1/2)" if args.deterministic_dequant else "random ([T])"
+    dq = "deterministic (eps=0 / u=1/2)" if args.deterministic_dequant else "random (as the official code)"
     print(f"interpolation: {args.pairs} pairs of {cfg.Data.name}/{args.split}, {args.points} points, dequantization "
           f"{dq}, T={T} s={s}, reconstruction {args.steps} steps lr {args.lr} decay {args.decay}")
     r = interpolate(flow, ebm, xa, xb, args.points, args.steps, args.lr, args.decay, T, s,

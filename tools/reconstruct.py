@@ -1,13 +1,14 @@
-"""Reconstruction by the Langevin flow ([P] §5.3, A.8, Table 7, Figure 13; SPEC §6 test_recons).
+"""Reconstruction by the Langevin flow (paper §5.3, appendix A.8, Table 7, Figure 13).
 
     python tools/reconstruct.py -c CONFIG --ckpt PREFIX --out DIR [--num 1000] [--steps 200] [--lr 0.05]
-    python tools/reconstruct.py -c CONFIG_LANGEVIN_ONLY --ckpt PREFIX --out DIR --langevin-only   # Table 7 baseline
+    python tools/reconstruct.py --ckpt PREFIX --out DIR --langevin-only -o Langevin.n_steps=100   # Table 7 baseline
 
 Gradient descent on x̂ (initialised from the flow) through the differentiable Langevin flow F (T steps,
 s = Langevin.step_size, no clips, no noise): x̂ ← clip(x̂ − lr·decayʲ·∇‖x − F(x̂)‖², −1, 1). Reports the
 paper's MSE per pixel: Σ over channels of the squared error in [-1, 1] units / (H·W), mean over images.
+T and s are set like in every tool: -o Langevin.n_steps=... -o Langevin.step_size=... .
 --langevin-only is the short-run EBM baseline (a checkpoint trained with Train.mode=langevin_only):
-x̂ from U(-1, 1) and T = 100 unless --init / --langevin-steps say otherwise.
+x̂ from U(-1, 1) unless --init says otherwise; Table 7 runs it with T = 100.
 
 Writes recon_curve.csv + recon_curve.png (error after j updates, j = 0..steps), recon_triples.png
 (rows of (x̂*, F(x̂*), x) triples), recon.npz and recon_summary.json.
@@ -21,7 +22,7 @@ import time
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import add_config_args, run_cli
+from paddle_coopflow.cli import add_model_args, load_model, run_cli
 from paddle_coopflow.errors import UserError
 
 
@@ -66,66 +67,69 @@ def triples_grid(x_hat, x_rec, x, n: int):
     return to_uint8_grid(inter, nrow=3 * min(3, n))
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, required=False)
-    parser.add_argument("--ckpt", required=True, metavar="PREFIX")
+    add_model_args(parser)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--split", default="test", help="Data split ([T]: the CIFAR-10 test split)")
+    parser.add_argument("--split", default="test", help="Data split (the official code: the CIFAR-10 test split)")
     parser.add_argument("--start", type=int, default=0, help="first image index")
-    parser.add_argument("--num", type=int, default=1000, help="images ([T]: the first 1,000)")
-    parser.add_argument("--batch-size", type=int, default=40, help="[T]: 25 batches of 40")
+    parser.add_argument("--num", type=int, default=1000, help="images (the official code: the first 1,000)")
+    parser.add_argument("--batch-size", type=int, default=40, help="the official code: 25 batches of 40")
     parser.add_argument("--steps", type=int, default=200, help="gradient steps J")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--decay", type=float, default=1.0, help="lr factor per step (ratio^j)")
-    parser.add_argument("--langevin-steps", type=int, default=None, help="T (default Langevin.n_steps; 100 baseline)")
-    parser.add_argument("--langevin-step-size", type=float, default=None, help="s (default Langevin.step_size)")
     parser.add_argument("--init", choices=("flow", "uniform", "zeros"), default=None,
                         help="x̂ initialisation (default flow; uniform with --langevin-only)")
     parser.add_argument("--langevin-only", action="store_true",
-                        help="Table 7 baseline: Langevin flow alone (EBM-only checkpoint), U(-1,1) init, T=100")
-    parser.add_argument("--seed", type=int, default=0, help="[T] test_recons: 0")
+                        help="Table 7 baseline: Langevin flow alone (EBM-only checkpoint), U(-1,1) init")
+    parser.add_argument("--seed", type=int, default=0, help="the official code: 0")
     parser.add_argument("--triples", type=int, default=27, help="(x̂*, F(x̂*), x) triples in the grid")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.steps < 0 or args.batch_size < 1:
         raise UserError("--steps must be >= 0 and --batch-size >= 1")
+    return args
 
+
+def run_batches(args, flow, ebm, x, init: str, T: int, s: float):
+    """Reconstruct x in batches → (x̂*, F(x̂*), per-image errors, mean curve)."""
     import numpy as np
-
-    from paddle_coopflow.evaluation import load_eval_images, load_for_eval, reconstruct
-    from paddle_coopflow.logger import save_png
-
-    cfg, flow, ebm = load_for_eval(args.config, args.override, args.ckpt)
-    if ebm is None:
-        raise UserError(f"{args.ckpt} has no EBM: reconstruction runs through the Langevin flow")
-    init = args.init or ("uniform" if args.langevin_only else "flow")
-    if init == "flow" and flow is None:
-        raise UserError(f"{args.ckpt} has no flow (Train.mode=langevin_only?): use --langevin-only")
-    T = args.langevin_steps
-    if T is None:
-        T = 100 if args.langevin_only else cfg.Langevin.n_steps
-    s = cfg.Langevin.step_size if args.langevin_step_size is None else args.langevin_step_size
-    x = load_eval_images(cfg, args.split, args.start, args.num)
-    name = "Langevin flow alone" if args.langevin_only else "CoopFlow"
-    print(f"reconstruction [{name}]: {args.num} images of {cfg.Data.name}/{args.split}, init {init}, "
-          f"T={T} s={s} (no clips, no noise), {args.steps} steps lr {args.lr} decay {args.decay}")
-
     from tqdm import tqdm
 
+    from paddle_coopflow.evaluation import reconstruct
+
     parts, curve_sum = [], np.zeros(args.steps + 1)
-    t0 = time.time()
     for i in tqdm(range(0, args.num, args.batch_size), unit="batch", desc="reconstruct", disable=args.no_progress):
         xb = x[i:i + args.batch_size]
         r = reconstruct(flow, ebm, xb, args.steps, args.lr, args.decay, T, s, init, args.seed + i,
                         progress=not args.no_progress)
         parts.append(r)
         curve_sum += r["curve"] * len(xb)
+    cat = [np.concatenate([r[k] for r in parts]) for k in ("x_hat", "x_rec", "errors")]
+    return cat[0], cat[1], cat[2], curve_sum / args.num
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import numpy as np
+
+    from paddle_coopflow.evaluation import load_eval_images
+    from paddle_coopflow.logger import save_png
+
+    cfg, flow, ebm = load_model(args.config, args.override, args.ckpt)
+    if ebm is None:
+        raise UserError(f"{args.ckpt} has no EBM: reconstruction runs through the Langevin flow")
+    init = args.init or ("uniform" if args.langevin_only else "flow")
+    if init == "flow" and flow is None:
+        raise UserError(f"{args.ckpt} has no flow (Train.mode=langevin_only?): use --langevin-only")
+    T, s = cfg.Langevin.n_steps, cfg.Langevin.step_size
+    x = load_eval_images(cfg, args.split, args.start, args.num)
+    name = "Langevin flow alone" if args.langevin_only else "CoopFlow"
+    print(f"reconstruction [{name}]: {args.num} images of {cfg.Data.name}/{args.split}, init {init}, "
+          f"T={T} s={s} (no clips, no noise), {args.steps} steps lr {args.lr} decay {args.decay}")
+    t0 = time.time()
+    x_hat, x_rec, errors, curve = run_batches(args, flow, ebm, x, init, T, s)
     dt = time.time() - t0
-    curve = curve_sum / args.num
-    x_hat = np.concatenate([r["x_hat"] for r in parts])
-    x_rec = np.concatenate([r["x_rec"] for r in parts])
-    errors = np.concatenate([r["errors"] for r in parts])
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "recon_curve.csv"), "w") as fh:
