@@ -111,6 +111,68 @@ def read_infer_cfg(model_dir: str) -> dict:
     return yaml.safe_load(text)
 
 
+# ----------------------------------------------------------------------------------- params check
+# Bytes per element of Paddle's VarType data types (framework.proto) that exported programs hold.
+_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16}
+
+
+def _varint(buf: bytes, i: int):
+    out, shift = 0, 0
+    while True:
+        b = buf[i]  # IndexError past the end: the caller reports a corrupt file
+        out, i, shift = out | (b & 0x7F) << shift, i + 1, shift + 7
+        if not b & 0x80:
+            return out, i
+
+
+def _tensor_bytes(desc: bytes):
+    """Data bytes of a serialized VarType.TensorDesc (field 1 data type, field 2 dims); None if unknown."""
+    dtype, numel, i = None, 1, 0
+    while i < len(desc):
+        key, i = _varint(desc, i)
+        if key & 7 == 0:  # varint: the data type, or one unpacked dim
+            v, i = _varint(desc, i)
+            dtype, numel = (v, numel) if key >> 3 == 1 else (dtype, numel * v if key >> 3 == 2 else numel)
+        elif key & 7 == 2:  # length-delimited: packed dims, or a field not needed here
+            n, i = _varint(desc, i)
+            j, i = i, i + n
+            while key >> 3 == 2 and j < i:
+                v, j = _varint(desc, j)
+                numel *= v
+        else:
+            raise ValueError(f"unexpected protobuf wire type {key & 7}")
+    return numel * _DTYPE_BYTES[dtype] if dtype in _DTYPE_BYTES and numel < 1 << 62 else None
+
+
+def check_params_file(path: str) -> None:
+    """Raise DeployError when a .pdiparams is truncated or corrupt.
+
+    Paddle Inference does not check that a tensor's data is all there: a file cut inside a tensor loads,
+    runs and gives wrong numbers. The file is a sequence of tensors (uint32 version, uint64 LoD level and
+    the LoD, uint32 version, int32 size + TensorDesc, raw data), so its size must match what they declare.
+    """
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    i, fix = 0, "export the model again (tools/export_model.py)"
+    if not buf:
+        raise DeployError(f"{path} is empty; {fix}")
+    try:
+        while i < len(buf):
+            for _ in range(int.from_bytes(buf[i + 4:i + 12], "little")):  # LoD levels
+                i += 8 + int.from_bytes(buf[i + 12:i + 20], "little")
+            size = int.from_bytes(buf[i + 16:i + 20], "little", signed=True)
+            if size < 0 or i + 20 + size > len(buf):
+                raise ValueError("a tensor header runs past the end of the file")
+            data = _tensor_bytes(buf[i + 20:i + 20 + size])
+            if data is None:
+                return  # a data type this check does not know: leave the file to Paddle
+            i += 20 + size + data
+    except (ValueError, IndexError) as err:
+        raise DeployError(f"{path} is corrupt ({err}); {fix}") from None
+    if i != len(buf):
+        raise DeployError(f"{path} is truncated or corrupt: its tensors need {i} bytes, the file has {len(buf)}; {fix}")
+
+
 # ----------------------------------------------------------------------------------- predictor
 def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: int = 0, onednn: bool = False):
     """A Paddle Inference predictor for program `name`, configured for correct results.
@@ -121,6 +183,7 @@ def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: in
     import paddle.inference as pi
 
     model, params = find_model_file(model_dir, name)
+    check_params_file(params)
     cfg = pi.Config(model, params)
     cfg.disable_glog_info()
     if device == "gpu":
@@ -138,7 +201,12 @@ def create_predictor(model_dir: str, name: str, device: str = "cpu", threads: in
             # silently wrong with oneDNN + inplace_pass
             cfg.disable_mkldnn()
         cfg.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
-    return pi.create_predictor(cfg)
+    try:
+        return pi.create_predictor(cfg)
+    except (RuntimeError, ValueError, OSError) as err:  # Paddle's C++ errors arrive as RuntimeError
+        detail = " ".join(str(err).split())[:300]
+        raise DeployError(f"cannot load program '{name}' from {model_dir} ({type(err).__name__}: {detail}); "
+                          "export the model again (tools/export_model.py)") from None
 
 
 def run_predictor(predictor, feeds, names=None):
