@@ -109,6 +109,50 @@ def _time_inverse(flow, z, timer: _InverseTimer, repeats: int):
     return img, total / repeats, inner / repeats
 
 
+def _float64_flow_samples(flow, z):
+    """The whole flow in float64 with the Newton inverse: the exact sampler of these weights."""
+    import copy
+
+    flow64 = copy.deepcopy(flow)
+    flow64.to(dtype="float64")
+    _set_method(flow64, "newton")
+    return flow64.inverse(z.astype("float64")).numpy()
+
+
+def _diff(a, b) -> dict:
+    import numpy as np
+
+    d = np.abs(a - b)
+    return {"max": float(d.max()), "p99.9": float(np.percentile(d, 99.9)), "mean": float(d.mean())}
+
+
+def _compare(res: dict, images: dict, truth, truth64) -> None:
+    """Speed-ups over bisection and image differences (to bisection and to the truths) into `res`, printed."""
+    if "bisection" in images:
+        ref = res["methods"]["bisection"]
+        for method in images:
+            if method == "bisection":
+                continue
+            new = res["methods"][method]
+            res[f"speedup_{method}"] = {"end_to_end": ref["end_to_end_s"] / new["end_to_end_s"],
+                                        "mixture_inverse": ref["mixture_inverse_s"] / new["mixture_inverse_s"]}
+            res[f"{method}_vs_bisection"] = _diff(images[method], images["bisection"])
+            print(f"{method}: speed-up over bisection end-to-end {res[f'speedup_{method}']['end_to_end']:.2f}x, "
+                  f"mixture inverse only {res[f'speedup_{method}']['mixture_inverse']:.1f}x; max |{method} - "
+                  f"bisection| = {res[f'{method}_vs_bisection']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_bisection']['p99.9']:.1e})")
+    if truth is not None:
+        for method, img in images.items():
+            res[f"{method}_vs_truth"] = _diff(img, truth)
+            print(f"max |{method} - float64-inverse truth| = {res[f'{method}_vs_truth']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_truth']['p99.9']:.1e})")
+    if truth64 is not None:
+        for method, img in images.items():
+            res[f"{method}_vs_truth64"] = _diff(img, truth64)
+            print(f"max |{method} - float64-flow truth| = {res[f'{method}_vs_truth64']['max']:.2e} "
+                  f"(99.9th pct {res[f'{method}_vs_truth64']['p99.9']:.1e})")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     threads = setup_threads(args.threads)
@@ -159,45 +203,14 @@ def main(argv=None) -> dict:
             nudged = flow.inverse(z).numpy()
             timer.nudge = None
     if args.truth64:
-        import copy
-
-        flow64 = copy.deepcopy(flow)
-        flow64.to(dtype="float64")
-        _set_method(flow64, "newton")
         t = time.perf_counter()
-        truth64 = flow64.inverse(z.astype("float64")).numpy()
+        truth64 = _float64_flow_samples(flow, z)
         res["truth64_s"] = time.perf_counter() - t
     res["load_avg_end"] = os.getloadavg()
 
-    def diff(a, b):
-        d = np.abs(a - b)
-        return {"max": float(d.max()), "p99.9": float(np.percentile(d, 99.9)), "mean": float(d.mean())}
-
-    if "bisection" in images:
-        ref = res["methods"]["bisection"]
-        for method in images:
-            if method == "bisection":
-                continue
-            new = res["methods"][method]
-            res[f"speedup_{method}"] = {"end_to_end": ref["end_to_end_s"] / new["end_to_end_s"],
-                                        "mixture_inverse": ref["mixture_inverse_s"] / new["mixture_inverse_s"]}
-            res[f"{method}_vs_bisection"] = diff(images[method], images["bisection"])
-            print(f"{method}: speed-up over bisection end-to-end {res[f'speedup_{method}']['end_to_end']:.2f}x, "
-                  f"mixture inverse only {res[f'speedup_{method}']['mixture_inverse']:.1f}x; max |{method} - "
-                  f"bisection| = {res[f'{method}_vs_bisection']['max']:.2e} "
-                  f"(99.9th pct {res[f'{method}_vs_bisection']['p99.9']:.1e})")
-    if args.truth:
-        for method, img in images.items():
-            res[f"{method}_vs_truth"] = diff(img, truth)
-            print(f"max |{method} - float64-inverse truth| = {res[f'{method}_vs_truth']['max']:.2e} "
-                  f"(99.9th pct {res[f'{method}_vs_truth']['p99.9']:.1e})")
-    if args.truth64:
-        for method, img in images.items():
-            res[f"{method}_vs_truth64"] = diff(img, truth64)
-            print(f"max |{method} - float64-flow truth| = {res[f'{method}_vs_truth64']['max']:.2e} "
-                  f"(99.9th pct {res[f'{method}_vs_truth64']['p99.9']:.1e})")
+    _compare(res, images, truth if args.truth else None, truth64 if args.truth64 else None)
     if "newton" in images:
-        res["one_ulp_sensitivity"] = diff(nudged, images["newton"])
+        res["one_ulp_sensitivity"] = _diff(nudged, images["newton"])
         print(f"noise floor: max |image change| when every coupling output moves by 1 ulp = "
               f"{res['one_ulp_sensitivity']['max']:.2e} (99.9th pct {res['one_ulp_sensitivity']['p99.9']:.1e})")
     print(f"load average start {res['load_avg_start']}, end {res['load_avg_end']}; threads {threads}")

@@ -132,6 +132,55 @@ def chain_check(ebm, args, np, paddle) -> dict:
     return out
 
 
+def bench_batch(B, args, ebm, fasts, tebm, torch) -> dict:
+    """One row of the table: every variant timed interleaved at batch B."""
+    import numpy as np
+    import paddle
+
+    from paddle_coopflow.langevin import langevin_step
+
+    s = args.step_size
+    x = paddle.to_tensor(np.random.RandomState(B).uniform(-1, 1, (B, 3, args.img, args.img)).astype("float32"))
+    runs = {"paddle_dygraph": lambda: langevin_step(ebm, x, s, 0.1, (-1.0, 1.0))[0].numpy()}
+    for v, fast in fasts.items():
+        runs[f"paddle_{v}"] = (lambda f: lambda: f.step(x, s, 0.1, (-1.0, 1.0))[0].numpy())(fast)
+    if tebm is not None:
+        from torch_ebm import langevin_step as torch_step
+
+        xt = torch.from_numpy(x.numpy())
+        runs["torch_eager"] = lambda: torch_step(tebm, xt, s, 0.1, (-1.0, 1.0))[0].numpy()
+    # The steps run as inside langevin_flow: in a chain scope (fixed weights), where the manual variant
+    # computes its weight-only factors once; that once-per-chain cost is timed separately below and
+    # added to the manual column spread over --chain-T steps.
+    with fasts["manual"].chain():
+        # first call: dygraph warm-up; static: trace + compile + first-run check
+        warm = {k: _timed(fn)[0] for k, fn in runs.items()}
+        rss_after_warmup = _rss_mb()
+        wall = {k: [] for k in runs}
+        cpu = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, fn in runs.items():
+                w, c = _timed(fn)
+                wall[k].append(w)
+                cpu[k].append(c)
+    adj = [_timed(lambda: ebm.adjoint_weights()[-1].numpy()) for _ in range(3)]
+    adj_wall, adj_cpu = _median([a for a, _ in adj]), _median([c for _, c in adj])
+    wall["paddle_manual"] = [v + adj_wall / args.chain_T for v in wall["paddle_manual"]]
+    cpu["paddle_manual"] = [v + adj_cpu / args.chain_T for v in cpu["paddle_manual"]]
+    row = {"batch": B, "first_call_s": {k: round(v, 2) for k, v in warm.items()},
+           "wall_s": {k: round(_median(v), 3) for k, v in wall.items()},
+           "cpu_s": {k: round(_median(v), 3) for k, v in cpu.items()},
+           "manual_per_chain_s": round(adj_wall, 3),
+           "load_avg_1min": round(os.getloadavg()[0], 2), "peak_rss_mb": round(rss_after_warmup)}
+    w = row["wall_s"]
+    row["best_paddle"] = min((k for k in w if k.startswith("paddle")), key=w.get)
+    if tebm is not None:
+        for k in ("wall_s", "cpu_s"):
+            row[k.replace("_s", "_over_torch")] = {c: round(row[k][c] / row[k]["torch_eager"], 2)
+                                                   for c in row[k] if c != "torch_eager"}
+    return row
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     threads = setup_threads(args.threads)
@@ -139,7 +188,6 @@ def main(argv=None) -> dict:
     import paddle
 
     from paddle_coopflow.accel import StaticLangevinStep
-    from paddle_coopflow.langevin import langevin_step
     from paddle_coopflow.models.ebm import EBMRes
     from paddle_coopflow.utils.env import onednn_cpu
 
@@ -156,7 +204,6 @@ def main(argv=None) -> dict:
             "load_avg_start": [round(v, 2) for v in load0]}
     if torch is not None:
         from torch_ebm import TorchEBMRes, copy_from_paddle, cross_check
-        from torch_ebm import langevin_step as torch_step
 
         torch.set_num_threads(threads)
         tebm = copy_from_paddle(TorchEBMRes(3, args.nf, args.img), ebm)
@@ -165,44 +212,9 @@ def main(argv=None) -> dict:
         print(f"torch twin vs Paddle: {info['twin_check']}")
     print(json.dumps(info))
 
-    s, rows = args.step_size, []
+    rows = []
     for B in args.batches:
-        x = paddle.to_tensor(np.random.RandomState(B).uniform(-1, 1, (B, 3, args.img, args.img)).astype("float32"))
-        runs = {"paddle_dygraph": lambda: langevin_step(ebm, x, s, 0.1, (-1.0, 1.0))[0].numpy()}
-        for v, fast in fasts.items():
-            runs[f"paddle_{v}"] = (lambda f: lambda: f.step(x, s, 0.1, (-1.0, 1.0))[0].numpy())(fast)
-        if tebm is not None:
-            xt = torch.from_numpy(x.numpy())
-            runs["torch_eager"] = lambda: torch_step(tebm, xt, s, 0.1, (-1.0, 1.0))[0].numpy()
-        # The steps run as inside langevin_flow: in a chain scope (fixed weights), where the manual variant
-        # computes its weight-only factors once; that once-per-chain cost is timed separately below and
-        # added to the manual column spread over --chain-T steps.
-        with fasts["manual"].chain():
-            # first call: dygraph warm-up; fast: trace + compile + first-run check
-            warm = {k: _timed(fn)[0] for k, fn in runs.items()}
-            rss_after_warmup = _rss_mb()
-            wall = {k: [] for k in runs}
-            cpu = {k: [] for k in runs}
-            for _ in range(args.repeats):
-                for k, fn in runs.items():
-                    w, c = _timed(fn)
-                    wall[k].append(w)
-                    cpu[k].append(c)
-        adj = [_timed(lambda: ebm.adjoint_weights()[-1].numpy()) for _ in range(3)]
-        adj_wall, adj_cpu = _median([a for a, _ in adj]), _median([c for _, c in adj])
-        wall["paddle_manual"] = [v + adj_wall / args.chain_T for v in wall["paddle_manual"]]
-        cpu["paddle_manual"] = [v + adj_cpu / args.chain_T for v in cpu["paddle_manual"]]
-        row = {"batch": B, "first_call_s": {k: round(v, 2) for k, v in warm.items()},
-               "wall_s": {k: round(_median(v), 3) for k, v in wall.items()},
-               "cpu_s": {k: round(_median(v), 3) for k, v in cpu.items()},
-               "manual_per_chain_s": round(adj_wall, 3),
-               "load_avg_1min": round(os.getloadavg()[0], 2), "peak_rss_mb": round(rss_after_warmup)}
-        w = row["wall_s"]
-        row["best_paddle"] = min((k for k in w if k.startswith("paddle")), key=w.get)
-        if tebm is not None:
-            for k in ("wall_s", "cpu_s"):
-                row[k.replace("_s", "_over_torch")] = {c: round(row[k][c] / row[k]["torch_eager"], 2)
-                                                       for c in row[k] if c != "torch_eager"}
+        row = bench_batch(B, args, ebm, fasts, tebm, torch)
         rows.append(row)
         print(json.dumps(row))
 
