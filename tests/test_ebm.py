@@ -1,4 +1,4 @@
-"""EBM architectures: parameter counts and keys from SPEC §2, output shapes, init, double backward."""
+"""EBM architectures: parameter counts and keys of the official code, output shapes, init, double backward, the hand-written input gradient."""
 import math
 import os
 
@@ -16,7 +16,7 @@ def _count(m):
     return sum(int(np.prod(p.shape)) for p in m.parameters())
 
 
-def test_param_counts_match_spec():
+def test_param_counts_match_the_official_models():
     assert _count(EBMRes(3, 128, 32)) == 17_129_444
     assert _count(EBMPlain(3, 128)) == 12_653_924
 
