@@ -78,9 +78,6 @@ def load_model(config: Optional[str], overrides: Optional[List[str]], prefix: st
 
     cfg = config_for(config, overrides, prefix)
     setup_process(cfg)
-    from . import langevin_fast
-
-    langevin_fast.set_mode(langevin_fast.mode_for_engine(cfg.Langevin.engine))
     flow, ebm = load_trained(cfg, prefix)
     return cfg, flow, ebm
 

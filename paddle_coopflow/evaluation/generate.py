@@ -44,7 +44,19 @@ def load_eval_images(cfg, split: str, start: int = 0, num: int = 1) -> np.ndarra
     return np.stack([ds[i][0] for i in range(start, start + num)]).astype(np.float32)
 
 
-def _batch(flow, ebm, cfg, b: int, shape, rs: np.random.RandomState):
+def langevin_step_for(ebm, cfg):
+    """The Langevin step function Langevin.engine selects for `ebm` (None without an EBM)."""
+    if ebm is None:
+        return None
+    from ..accel import make_langevin_step
+
+    try:
+        return make_langevin_step(ebm, cfg.Langevin.engine)
+    except ValueError as err:  # e.g. engine 'static' for an EBM without a hand-written gradient
+        raise UserError(str(err)) from None
+
+
+def _batch(flow, ebm, cfg, b: int, shape, rs: np.random.RandomState, step):
     """One batch through :func:`paddle_coopflow.sampling.sample`: z (or the U(−1, 1) starts) from `rs`."""
     import paddle
 
@@ -54,7 +66,7 @@ def _batch(flow, ebm, cfg, b: int, shape, rs: np.random.RandomState):
     z = rs.randn(b, *shape) if flow is not None else rs.uniform(-1.0, 1.0, (b,) + tuple(shape))
     x, y = sample(flow, ebm, z=paddle.to_tensor(z.astype("float32")), n_steps=lg.n_steps,
                   step_size=lg.test_step_size, delta_clip=lg.delta_clip,
-                  image_clip=tuple(lg.image_clip) if lg.image_clip else None)
+                  image_clip=tuple(lg.image_clip) if lg.image_clip else None, langevin_step=step)
     return x.numpy().astype(np.float32), y.numpy().astype(np.float32)
 
 
@@ -62,12 +74,14 @@ def iter_samples(flow, ebm, cfg, n: int, batch_size: int = 100, seed: int = 0, p
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (flow proposals, CoopFlow samples) batches, float32 [B, C, H, W] in [−1, 1].
 
-    T = Langevin.n_steps and s = Langevin.test_step_size (set them with ``-o``). z comes from
+    T = Langevin.n_steps and s = Langevin.test_step_size (set them with ``-o``); the step engine is
+    Langevin.engine (:func:`paddle_coopflow.accel.make_langevin_step`). z comes from
     ``np.random.RandomState(seed)`` in order, so the n images do not depend on batch_size.
     Baselines: no flow (Train.mode=langevin_only) → x̂ ~ U(−1, 1); no EBM (flow_only) → x̃ = x̂.
     """
     shape = image_shape(flow, cfg)
     rs = np.random.RandomState(seed)
+    step = langevin_step_for(ebm, cfg)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -75,7 +89,7 @@ def iter_samples(flow, ebm, cfg, n: int, batch_size: int = 100, seed: int = 0, p
     done = 0
     while done < n:
         b = min(batch_size, n - done)
-        x, y = _batch(flow, ebm, cfg, b, shape, rs)
+        x, y = _batch(flow, ebm, cfg, b, shape, rs, step)
         done += b
         if bar is not None:
             bar.update(b)
