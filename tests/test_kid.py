@@ -161,6 +161,9 @@ def test_score_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     np.savez(tmp_path / "other_key.npz", pics=np.zeros((4, 32, 32, 3), np.uint8))
     np.savez(tmp_path / "bad_shape.npz", images=np.zeros((4, 28, 28, 3), np.uint8))
+    np.savez(tmp_path / "bad_range.npz", images=np.full((4, 3, 32, 32), 3.0, np.float32))
+    np.save(tmp_path / "single.npy", np.zeros((4, 32, 32, 3), np.uint8))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all")
     feats, test = str(tmp_path / "features"), str(tmp_path / "test")
     cases = [(["--features", feats, "--test-dir", str(tmp_path / "missing")], "does not exist"),
              (["--features", feats, "--test-dir", str(tmp_path / "empty")], "holds no images"),
@@ -168,7 +171,15 @@ def test_score_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
              (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "other_key.npz")],
               "has no key 'images'"),
              (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "bad_shape.npz")],
-              "expected uint8")]
+              "expected uint8"),
+             (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "bad_range.npz")],
+              "expected [-1, 1]"),
+             (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "single.npy")],
+              "single array"),
+             (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "garbage.npz")],
+              "cannot read"),
+             (["--features", feats, "--test-dir", test, "--samples", str(tmp_path / "none.npz")],
+              "does not exist")]
     for argv, fragment in cases:
         assert score.cli(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -208,7 +219,9 @@ def test_train_classifier_tiny_run(tmp_path):
     assert len(list((tmp_path / "out").glob("images_*.npz"))) == 2  # decoded-pixel caches
     feats = paddle.jit.load(str(tmp_path / "out" / "features"))(paddle.zeros([3, 3, 32, 32]))
     assert tuple(feats.shape) == (3, 8)
-    assert train_classifier.cli(argv[:2] + ["--test-dir", str(tmp_path / "nope")]) == 2
+    bad = argv[:2] + ["--test-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")]
+    assert train_classifier.cli(bad) == 2
+    assert not (tmp_path / "out2").exists()  # failed before anything was decoded or written
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10_sample").is_dir(), reason="shared CIFAR-10 folder absent")

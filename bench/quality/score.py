@@ -127,12 +127,15 @@ def load_samples(path: str, key: str = "images") -> np.ndarray:
     if not os.path.isfile(path):
         raise UserError(f"samples file '{path}' does not exist")
     try:
-        with np.load(path) as f:
-            if key not in f:
-                raise UserError(f"'{path}' has no key '{key}' (keys: {list(f.keys())}); pass --key")
-            x = f[key]
-    except (OSError, ValueError) as e:
+        f = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
         raise UserError(f"cannot read '{path}' as an .npz: {e}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise UserError(f"'{path}' is a single array, not an .npz with key '{key}'")
+    with f:
+        if key not in f:
+            raise UserError(f"'{path}' has no key '{key}' (keys: {list(f.keys())}); pass --key")
+        x = f[key]
     if x.dtype == np.uint8:
         return check_uint8_images(x, f"'{path}'[{key}]")
     if not np.issubdtype(x.dtype, np.floating) or x.ndim != 4 or x.shape[1:] != (3, 32, 32):

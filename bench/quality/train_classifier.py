@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Dict, Tuple
 
 import numpy as np
@@ -141,8 +142,9 @@ def train_epoch(net, opt, data: Tuple[np.ndarray, np.ndarray], rng: np.random.Ra
 
 def load_data(args: argparse.Namespace):
     """(train images, train labels), (test images, test labels), class names; test relabelled by name."""
-    from bench.quality.data import load_class_folder, relabel
+    from bench.quality.data import list_class_folder, load_class_folder, relabel
 
+    list_class_folder(args.test_dir)  # a bad --test-dir fails before the long decode of --train-dir
     train_x, train_y, classes = load_class_folder(args.train_dir, cache_dir=args.out)
     test_x, test_y, test_classes = load_class_folder(args.test_dir, cache_dir=args.out)
     test_y = relabel(test_y, test_classes, classes, f"--test-dir '{args.test_dir}'")
@@ -177,10 +179,12 @@ def main(argv=None) -> int:
     from paddle_coopflow.utils.env import seed_everything, setup_threads
 
     t_start, cpu_start = time.time(), time.process_time()
+    # Paddle warns on every train-mode BatchNorm build that it tracks running statistics: it is meant to.
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
     setup_threads(args.threads)
     seed_everything(args.seed)
-    os.makedirs(args.out, exist_ok=True)
     train, (test_x, test_y), classes = load_data(args)
+    os.makedirs(args.out, exist_ok=True)
     t_loaded = time.time()
     print(f"data: {len(train[0])} train, {len(test_x)} test images, {len(classes)} classes "
           f"({t_loaded - t_start:.0f}s to load)", flush=True)
