@@ -10,7 +10,8 @@ Compares each image set with the --test-dir images (all of them, any folder layo
            rounded to uint8 as the package saves PNGs, so both forms give the same numbers)
   floor    real training images: the first --floor-per-class files of each class folder of
            --floor-dir (100 per class: 1,000 CIFAR-10 images); the best a generator can hope for
-  noise    uniform noise images (uint8, as many as the test set, seeded): a ceiling
+  noise    uniform noise images (uint8, as many as the test set, seeded): a reference point for
+           "nothing like CIFAR-10" (not an upper bound: e.g. flat colours score worse)
 FID is the Fréchet distance of the feature means/covariances (paddle_coopflow.metrics.fid);
 KID the unbiased polynomial-kernel MMD² (paddle_coopflow.metrics.kid), printed x 1e3.
 These are PROXY numbers: they rank models, they are not the paper's Inception FID.
