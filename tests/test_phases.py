@@ -39,13 +39,13 @@ def pre_run(tmp_path_factory):
     ebm0 = {k: v.numpy().copy() for k, v in tr.ebm.state_dict().items()}
     calls = []
 
-    def fake_fid(trainer):
-        saved = states(trainer.ckpt_dir + f"/iter_{trainer.global_iter:07d}")["global_iter"]
-        calls.append((trainer.epoch, trainer.global_iter, saved))
-        return 100.0 - trainer.epoch
+    def fake_fid(fid, flow, ebm, run_dir=None):
+        saved = states(tr.ckpt_dir + f"/iter_{tr.global_iter:07d}")["global_iter"]
+        calls.append((tr.epoch, tr.global_iter, saved))
+        return {fid.log_key: 100.0 - tr.epoch}
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(evaluation, "in_training_fid", fake_fid)
+    mp.setattr(evaluation.InTrainingFID, "evaluate", fake_fid)
     try:
         tr.train()
     finally:

@@ -61,24 +61,23 @@ def sample_grid(tr) -> Optional[str]:
 
 
 def evaluate_fid(tr) -> Optional[float]:
-    """In-training FID (Eval section) of the current nets; may make the current checkpoint `best`.
+    """In-training FID (or proxy FID and KID) of the current nets; may make the current checkpoint `best`.
 
     Called after the epoch's checkpoint is saved, so a failing FID never loses the epoch.
     """
-    from ..evaluation import in_training_fid
-
     if tr.rank != 0:
         return None
     state = ckpt.rng_state()
     try:
-        fid = in_training_fid(tr)
+        values = tr.fid.evaluate(tr.flow, tr.ebm, tr.run_dir)
     finally:
         ckpt.set_rng_state(state)
-    n = tr.cfg.Eval.fid_num_samples
-    tr.log.record(tr.global_iter, {f"eval/fid_{n}": fid})
-    tr.log.info(f"epoch {tr.epoch}: FID({n} samples) = {fid:.3f}")
+    tr.log.record(tr.global_iter, values)
+    tr.log.info(f"epoch {tr.epoch}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
+    key = tr.fid.log_key
+    fid = values[key]
     if fid < tr.best["value"]:
-        tr.best = {"metric": f"fid_{n}", "value": fid, "epoch": tr.epoch}
+        tr.best = {"metric": key.split("/", 1)[1], "value": fid, "epoch": tr.epoch}
         link_best(tr)
     return fid
 

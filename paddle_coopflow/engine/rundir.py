@@ -18,7 +18,7 @@ __all__ = ["RUN_ENTRIES", "holds_run", "refuse_existing", "move_aside", "truncat
 
 # What a training run writes into its directory (export goes to Export.save_dir when that is set).
 RUN_ENTRIES = ("ckpt", "samples", "vdl", "train.log", "stats.jsonl", "config.yaml", "inference",
-               "inference_best", "fid_ref_stats.npz")
+               "inference_best", "fid_ref_stats.npz", "proxy_ref_features.npz")
 
 
 def holds_run(run_dir: str) -> bool:

@@ -75,7 +75,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: Optional[str] = None):
         import paddle
 
-        from ..evaluation import check_fid_setup
+        from ..evaluation import InTrainingFID
 
         self.cfg = cfg
         g, t = cfg.Global, cfg.Train
@@ -84,7 +84,8 @@ class Trainer:
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
         if self.rank == 0 and not resume and not g.overwrite and holds_run(self.run_dir):
             refuse_existing(self.run_dir)
-        check_fid_setup(cfg)
+        self.fid = InTrainingFID(cfg)   # built once; its network loads on first use
+        self.fid.check()
         ddp.init_parallel(self.world_size)
         self.device = resolve_device(g.device)
         self.threads = setup_threads(g.threads, self.world_size) if self.device == "cpu" else 0
