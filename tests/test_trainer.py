@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from paddle_coopflow.checkpoint import load_checkpoint, save_checkpoint

@@ -6,15 +6,61 @@ of the training run.
 """
 from __future__ import annotations
 
+import math
 import os
-from typing import Optional
+import time
+from typing import Dict, Optional
 
 import numpy as np
 
 from .. import checkpoint as ckpt
-from ..logger import save_png, to_uint8_grid
+from ..logger import log_line, save_png, to_uint8_grid
 
-__all__ = ["fixed_noise", "sample_grid", "evaluate_fid", "export_final"]
+__all__ = ["TAGS", "log_interval", "fixed_noise", "sample_grid", "evaluate_fid", "export_final"]
+
+# train_step stats key → VisualDL tag; each is averaged over a log interval
+TAGS = {
+    "ebm_loss": "train/ebm_loss", "f_data": "train/f_data", "f_revised": "train/f_revised",
+    "f_proposal": "train/f_proposal", "flow_nll": "train/flow_nll", "flow_bpd": "train/flow_bpd",
+    "flow_grad_norm": "train/flow_grad_norm", "ebm_grad_norm": "train/ebm_grad_norm",
+    "lr_flow": "lr/flow", "lr_ebm": "lr/ebm", "langevin_mse": "langevin/mse_change",
+    "langevin_delta_clip_frac": "langevin/delta_clip_frac", "noise_std": "langevin/noise_std",
+}
+GRID_MIN_CELL = 64   # saved grid PNGs are upscaled (nearest) until each image is at least this many pixels
+
+
+def log_interval(tr, phase: str, agg: Dict, clock: Dict, total_iters: int) -> None:
+    """One zoo-style log line and one stats.jsonl / VisualDL record with the interval's means.
+
+    Besides wall time per iteration, the record holds the process's CPU seconds so far
+    (``time/process_cpu_s``), so runs on a shared machine can be compared by CPU time.
+    """
+    t = tr.cfg.Train
+    now = time.time()
+    cost = (now - clock["t"]) / max(1, tr.global_iter - clock["it"])
+    rate = (now - clock["t0"]) / max(1, tr.global_iter - clock["it0"])
+    eta = rate * ((t.max_iters or total_iters) - tr.global_iter)
+    clock.update(t=now, it=tr.global_iter)
+    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in agg.items()}
+    bs = t.batch_size * tr.world_size
+    shown = {k: v for k, v in means.items() if math.isfinite(v)}
+    shown.update({"skip_ebm": tr.counters["ebm_skipped"], "skip_flow": tr.counters["flow_skipped"],
+                  "nonfinite": tr.counters["nonfinite"]})
+    tr.log.info(log_line(phase, tr.epoch, tr.total_epochs, tr.global_iter, t.max_iters or total_iters, shown,
+                         cost, bs / max(cost, 1e-9), eta))
+    rec = {TAGS[k]: v for k, v in means.items()}
+    rec.update({"train/skipped_ebm_total": float(tr.counters["ebm_skipped"]),
+                "train/skipped_flow_total": float(tr.counters["flow_skipped"]),
+                "train/nonfinite_total": float(tr.counters["nonfinite"]),
+                "time/batch_cost": cost, "time/ips": bs / max(cost, 1e-9),
+                "time/process_cpu_s": time.process_time(), "phase": phase, "epoch": tr.epoch})
+    tr.log.record(tr.global_iter, rec)
+
+
+def upscale(img: np.ndarray, cell: int) -> np.ndarray:
+    """Nearest-neighbour upscale of an HWC grid so that a `cell`-pixel image becomes >= GRID_MIN_CELL pixels."""
+    k = max(1, int(math.ceil(GRID_MIN_CELL / max(1, cell))))
+    return img if k == 1 else np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
 
 def fixed_noise(cfg, flow, dataset):
@@ -55,7 +101,7 @@ def sample_grid(tr) -> Optional[str]:
     else:
         img = grids[0]
     path = os.path.join(tr.run_dir, "samples", f"iter_{tr.global_iter:07d}.png")
-    save_png(img, path)
+    save_png(upscale(img, int(prop.shape[-1])), path)
     tr.log.image("samples/flow_vs_coopflow", img, tr.global_iter)
     return path
 

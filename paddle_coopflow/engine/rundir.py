@@ -13,8 +13,10 @@ import time
 from typing import List, Optional
 
 from ..errors import UserError
+from ..logger import RunLogger
+from .checkpointing import stale_temp_files
 
-__all__ = ["RUN_ENTRIES", "holds_run", "refuse_existing", "move_aside", "truncate_stats"]
+__all__ = ["RUN_ENTRIES", "holds_run", "refuse_existing", "move_aside", "truncate_stats", "open_run_dir"]
 
 # What a training run writes into its directory (export goes to Export.save_dir when that is set).
 RUN_ENTRIES = ("ckpt", "samples", "vdl", "train.log", "stats.jsonl", "config.yaml", "inference",
@@ -84,3 +86,30 @@ def truncate_stats(path: str, last_step: int) -> int:
             fh.writelines(keep)
         os.replace(tmp, path)
     return dropped
+
+
+def open_run_dir(tr, resume: Optional[str]) -> None:
+    """Create or tidy the trainer's run directory (rank 0), open its logs and write what happened so far.
+
+    Called only after the config, the data and any checkpoint to resume from have loaded.
+    """
+    g = tr.cfg.Global
+    if tr.rank == 0:
+        if not resume and g.overwrite and holds_run(tr.run_dir):
+            dest = move_aside(tr.run_dir)
+            tr._notes.append(f"Global.overwrite: the previous run in {tr.run_dir} was moved to {dest}")
+        os.makedirs(tr.ckpt_dir, exist_ok=True)
+        for f in stale_temp_files(tr.ckpt_dir):
+            os.remove(f)
+            tr._notes.append(f"removed {f} (left by a save that was killed)")
+        if resume:
+            n = truncate_stats(os.path.join(tr.run_dir, "stats.jsonl"), tr.global_iter)
+            if n:
+                tr._notes.append(f"stats.jsonl: dropped {n} records after iter {tr.global_iter}")
+    tr.log = RunLogger(tr.run_dir, enabled=tr.rank == 0, use_visualdl=g.use_visualdl)
+    for line in tr._notes:
+        tr.log.info(line)
+    if tr.rank == 0:
+        with open(os.path.join(tr.run_dir, "config.yaml"), "w") as fh:
+            fh.write(tr.cfg.dump())
+        tr.log.info("resolved config:\n" + tr.cfg.dump())

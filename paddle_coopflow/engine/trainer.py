@@ -30,26 +30,15 @@ from .. import checkpoint as ckpt
 from ..builder import build_ebm, build_flow, count_params
 from ..config import Config, ConfigError
 from ..errors import UserError
-from ..logger import RunLogger, log_line
 from ..utils.env import resolve_device, seed_everything, setup_threads
 from . import distributed as ddp
 from . import outputs
 from .checkpointing import (checkpoint_label, iter_prefix_name, load_training_checkpoint, prune,
-                            save_training_checkpoint, stale_temp_files)
-from .rundir import holds_run, move_aside, refuse_existing, truncate_stats
+                            save_training_checkpoint)
+from .rundir import holds_run, open_run_dir, refuse_existing
 from .signals import StopOnSignal, TrainingStopped
 
 __all__ = ["Trainer", "langevin_engine_in_use"]
-
-# stats key → (VisualDL tag) aggregated (mean) over a log interval
-_TAGS = {
-    "ebm_loss": "train/ebm_loss", "f_data": "train/f_data", "f_revised": "train/f_revised",
-    "f_proposal": "train/f_proposal", "flow_nll": "train/flow_nll", "flow_bpd": "train/flow_bpd",
-    "flow_grad_norm": "train/flow_grad_norm", "ebm_grad_norm": "train/ebm_grad_norm",
-    "lr_flow": "lr/flow", "lr_ebm": "lr/ebm", "langevin_mse": "langevin/mse_change",
-    "langevin_delta_clip_frac": "langevin/delta_clip_frac", "noise_std": "langevin/noise_std",
-}
-
 
 def langevin_engine_in_use(step) -> str:
     """'static' | 'dygraph' | 'none': the Langevin step a learner takes (its `langevin_step`, or None without EBM).
@@ -131,7 +120,7 @@ class Trainer:
         self._boundary_rng = ckpt.rng_state()
         self.fixed_noise = outputs.fixed_noise(cfg, self.flow, self.dataset)
         self.loss_nets = None
-        self._open_run_dir(resume)
+        open_run_dir(self, resume)
 
     # ------------------------------------------------------------------------------------------ set-up
     def _set_phases(self) -> None:
@@ -156,29 +145,6 @@ class Trainer:
             pfo, _ = build_optimizers(self.cfg, self.flow, None)
             self.optims["pre_flow"] = (pfo, self.flow)
             self.pre_learner = CoopFlow(self.flow, None, pfo, None, CoopFlowOptions.from_config(self.cfg, "flow_only"))
-
-    def _open_run_dir(self, resume: Optional[str]) -> None:
-        """Create or tidy the run directory (rank 0), open the logs and write what happened so far."""
-        g = self.cfg.Global
-        if self.rank == 0:
-            if not resume and g.overwrite and holds_run(self.run_dir):
-                dest = move_aside(self.run_dir)
-                self._notes.append(f"Global.overwrite: the previous run in {self.run_dir} was moved to {dest}")
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-            for f in stale_temp_files(self.ckpt_dir):
-                os.remove(f)
-                self._notes.append(f"removed {f} (left by a save that was killed)")
-            if resume:
-                n = truncate_stats(os.path.join(self.run_dir, "stats.jsonl"), self.global_iter)
-                if n:
-                    self._notes.append(f"stats.jsonl: dropped {n} records after iter {self.global_iter}")
-        self.log = RunLogger(self.run_dir, enabled=self.rank == 0, use_visualdl=g.use_visualdl)
-        for line in self._notes:
-            self.log.info(line)
-        if self.rank == 0:
-            with open(os.path.join(self.run_dir, "config.yaml"), "w") as fh:
-                fh.write(self.cfg.dump())
-            self.log.info("resolved config:\n" + self.cfg.dump())
 
     def _loader(self, epoch: int, start_batch: int):
         d, t = self.cfg.Data, self.cfg.Train
@@ -354,7 +320,7 @@ class Trainer:
                 self._in_step = False
                 self._account(stats, agg)
                 if self.global_iter % g.log_interval == 0:
-                    self._log_interval(phase, agg, clock, total_iters)
+                    outputs.log_interval(self, phase, agg, clock, total_iters)
                     agg = {}
                 if g.sample_interval and self.global_iter % g.sample_interval == 0:
                     outputs.sample_grid(self)
@@ -410,32 +376,10 @@ class Trainer:
         else:
             self.consecutive_nonfinite = 0
         for k, v in stats.items():
-            if k in _TAGS and isinstance(v, float):
+            if k in outputs.TAGS and isinstance(v, float):
                 agg.setdefault(k, []).append(v)
         if self.cfg.Train.mode == "flow_only" and math.isfinite(stats.get("flow_bpd", math.nan)):
             self._epoch_bpd.append(stats["flow_bpd"])
-
-    def _log_interval(self, phase: str, agg: Dict, clock: Dict, total_iters: int) -> None:
-        t = self.cfg.Train
-        now = time.time()
-        cost = (now - clock["t"]) / max(1, self.global_iter - clock["it"])
-        rate = (now - clock["t0"]) / max(1, self.global_iter - clock["it0"])
-        eta = rate * ((t.max_iters or total_iters) - self.global_iter)
-        clock.update(t=now, it=self.global_iter)
-        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in agg.items()}
-        bs = t.batch_size * self.world_size
-        shown = {k: v for k, v in means.items() if math.isfinite(v)}
-        shown.update({"skip_ebm": self.counters["ebm_skipped"], "skip_flow": self.counters["flow_skipped"],
-                      "nonfinite": self.counters["nonfinite"]})
-        self.log.info(log_line(phase, self.epoch, self.total_epochs, self.global_iter,
-                               t.max_iters or total_iters, shown, cost, bs / max(cost, 1e-9), eta))
-        rec = {_TAGS[k]: v for k, v in means.items()}
-        rec.update({"train/skipped_ebm_total": float(self.counters["ebm_skipped"]),
-                    "train/skipped_flow_total": float(self.counters["flow_skipped"]),
-                    "train/nonfinite_total": float(self.counters["nonfinite"]),
-                    "time/batch_cost": cost, "time/ips": bs / max(cost, 1e-9),
-                    "phase": phase, "epoch": self.epoch})
-        self.log.record(self.global_iter, rec)
 
     def _end_of_epoch(self, phase: str, fid: bool = True) -> None:
         """Epoch checkpoint, then FID (never while the flow pre-trains), then `best` by bits/dim."""
