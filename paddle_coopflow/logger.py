@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
