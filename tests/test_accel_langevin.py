@@ -319,3 +319,22 @@ def test_langevin_flow_with_the_static_step(ebm):
     assert abs(st["delta_clip_frac"] - sb["delta_clip_frac"]) < 1e-3 and st["delta_clip_frac"] > 0
     assert step.static.n_compiled == 1 and step.static.n_fallback_steps == 0
     assert step.static._adjoint is None          # the chain scope was closed
+
+
+def test_programs_can_be_dropped_and_rebuilt_in_one_process():
+    """Nothing keeps programs alive: build, run and drop programs for several EBMs, collect, repeat; every
+    program still equals dygraph (the larger version of this check is in docs/paddle_notes.md)."""
+    import gc
+
+    for round_ in range(2):
+        for i in range(3):
+            paddle.seed(100 * round_ + i)
+            net = EBMRes(3, 4, 8)
+            fast = StaticLangevinStep(net, "manual", strict=True)
+            x = _x(2 + i, i)
+            for s in (1.0, 2.0):
+                got = fast.step(x, s, 0.05, (-1.0, 1.0))[0]
+                assert _maxdiff(got, langevin_step(net, x, s, 0.05, (-1.0, 1.0))[0]) <= TOL
+            assert fast.n_compiled == 2 and fast.n_fallback_steps == 0
+            del fast, net, got
+        gc.collect()
