@@ -304,7 +304,7 @@ CHAIN = TINY + ["Train.batch_size=64", "Train.max_iters=2", "Train.data_init_bat
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from paddle_coopflow.trainer import Trainer
+    from paddle_coopflow.engine import Trainer
 
     run = tmp_path_factory.mktemp("run")
     overrides = CHAIN + [f"Global.output_dir={run}", "Global.overwrite=true"]
