@@ -206,8 +206,8 @@ def suggest_config(cfg, ckpt: OfficialCheckpoint) -> str:
     note = ""
     k_main, k_dq = found.get(("Flow", "num_components")), found.get(("Flow", "num_dequant_components"))
     if k_dq is not None and k_dq != k_main and not has.get(("Flow", "num_dequant_components")):
-        note = (f"its dequantization flow has {k_dq} mixture components and its main flow {k_main}, but this "
-                "package's Flow++ gives both Flow.num_components, so it cannot hold this file")
+        note = (f"its dequantization flow has {k_dq} mixture components and its main flow {k_main}: "
+                f"set -o Flow.num_dequant_components={k_dq}")
     if diff:
         return "the file was trained with " + " ".join(diff) + (f"; {note}" if note else "")
     return note or "use the config the file was trained with"

@@ -5,12 +5,8 @@ with 'module.', CoopFlow legacy without, pre-trained Flow++ 'net') and the offic
 fixed inputs. It lives outside the repository; every test here is skipped when it is absent.
 
 The official dequantization flow always has 32 mixture components, whatever the main flow's; the tiny
-files have 4 in the main flow. A config can express that only when FlowConfig has the key
-DEQUANT_COMPONENTS_KEY. Until then the numerics tests load the files into an official-architecture
-flow built here, and the end-to-end tests check the converter's one-line refusal and stop there as
-expected failures (xfail); they run in full as soon as the key exists.
+files have 4 in the main flow, so their config sets Flow.num_dequant_components=32.
 """
-import dataclasses
 import json
 import os
 import pickle
@@ -23,11 +19,10 @@ import paddle
 import pytest
 
 from paddle_coopflow import official
-from paddle_coopflow.builder import build_flow, load_trained
-from paddle_coopflow.config import FlowConfig, load_config
+from paddle_coopflow.builder import load_trained
+from paddle_coopflow.config import load_config
 from paddle_coopflow.errors import UserError
 from paddle_coopflow.langevin import langevin_flow
-from paddle_coopflow.models.flowpp.dequant import Dequantization
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -39,9 +34,6 @@ pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="official reference ch
 
 OFFICIAL_DEQUANT_COMPONENTS = 32
 DEQUANT_COMPONENTS_KEY = "num_dequant_components"
-CONFIG_FITS = DEQUANT_COMPONENTS_KEY in {f.name for f in dataclasses.fields(FlowConfig)}
-NO_FIT = (f"Flow.{DEQUANT_COMPONENTS_KEY} is not in the config schema: no config describes the official "
-          "dequantization flow of a model with Flow.num_components != 32")
 
 
 def _rel(ours, ref):
@@ -62,8 +54,7 @@ def tiny_yaml(tmp_path_factory):
 
     spec = json.loads((TINY / "config.json").read_text())
     flow = dict(spec["flow"])
-    if CONFIG_FITS:
-        flow[DEQUANT_COMPONENTS_KEY] = OFFICIAL_DEQUANT_COMPONENTS
+    flow[DEQUANT_COMPONENTS_KEY] = OFFICIAL_DEQUANT_COMPONENTS
     ebm = spec["ebm"]
     body = {"Global": {"threads": 1, "use_visualdl": False, "sample_interval": 0},
             "Flow": flow, "Langevin": {"n_steps": 5},
@@ -74,30 +65,16 @@ def tiny_yaml(tmp_path_factory):
     return str(path)
 
 
-def _official_flow(cfg):
-    """A flow with the official architecture for cfg (see the module docstring)."""
-    flow = build_flow(cfg.Flow)
-    if not CONFIG_FITS:
-        f = cfg.Flow
-        flow.dequant_flows = Dequantization(tuple(f.in_shape), f.mid_channels, f.num_dequant_blocks,
-                                            OFFICIAL_DEQUANT_COMPONENTS, f.use_attn, f.drop_prob)
-    return flow
-
-
 @pytest.fixture(scope="module")
 def converted(tiny_yaml):
     cfg = load_config(tiny_yaml)
-    return {name: official.convert(str(TINY / f"{name}.pth.tar"), cfg, flow_only=fo, flow=_official_flow(cfg))
+    return {name: official.convert(str(TINY / f"{name}.pth.tar"), cfg, flow_only=fo)
             for name, fo in FILES.items()}
 
 
 def _convert_tool(src, prefix, tiny_yaml, *flags):
-    """tools/convert_official.py; without the config key, check its one-line refusal and xfail the test."""
+    """tools/convert_official.py, which must succeed."""
     r = _tool("convert_official.py", "--src", src, "--dst", prefix, "-c", tiny_yaml, *flags)
-    if not CONFIG_FITS:
-        assert r.returncode == 2 and "32 mixture components" in r.stderr and "cannot hold this file" in r.stderr, \
-            r.stderr
-        pytest.xfail(NO_FIT)
     assert r.returncode == 0, r.stderr
 
 
@@ -198,8 +175,8 @@ def test_inverse_against_official_bisection_and_float64(converted, ref, tiny_yam
     z = paddle.to_tensor(ref["z"])
     ours = converted["coopflow_zip"].flow.inverse(z).numpy()  # the config's inverse method
     bis_cfg = load_config(tiny_yaml, ["Flow.inverse_method=bisection"])
-    ours_bis = official.convert(str(TINY / "coopflow_zip.pth.tar"), bis_cfg, flow=_official_flow(bis_cfg)).flow
-    twin = official.convert(str(TINY / "coopflow_zip.pth.tar"), cfg, flow=_official_flow(cfg)).flow
+    ours_bis = official.convert(str(TINY / "coopflow_zip.pth.tar"), bis_cfg).flow
+    twin = official.convert(str(TINY / "coopflow_zip.pth.tar"), cfg).flow
     twin.to(dtype="float64")
     exact = twin.inverse(paddle.to_tensor(ref["z"].astype(np.float64))).numpy()
     official_bis = ref["flow_inv_bisection"]

@@ -58,6 +58,8 @@ class FlowConfig:
     num_blocks: int = _f(10, min=1)
     num_components: int = _f(32, min=1)
     num_dequant_blocks: int = _f(2, min=0, help="0 = uniform dequantization")
+    num_dequant_components: Optional[int] = _f(None, min=1, help="mixture components of the dequantization "
+                                               "flow; null = num_components (the official code always uses 32)")
     use_attn: bool = _f(True)
     drop_prob: float = _f(0.2, min=0.0, max=1.0)
     undo_bound: bool = _f(False, help="undo the 0.9 logit bound when sampling (the official code keeps it)")

@@ -111,6 +111,8 @@ class FlowPlusPlus(nn.Layer):
         mid_channels: coupling-NN width.
         num_blocks: ConvAttnBlocks per main-flow coupling NN.
         num_components: logistic mixture components K.
+        num_dequant_components: K of the dequantization flow; None = num_components. (The official code
+            always gives its dequantization flow 32, whatever the main flow's K.)
         num_dequant_blocks: ConvAttnBlocks per dequant-flow coupling NN; <= 0 selects uniform dequantization.
         use_attn: attention in every block (dequant flow included).
         drop_prob: Dropout2d and attention dropout.
@@ -125,7 +127,7 @@ class FlowPlusPlus(nn.Layer):
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
                  drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
-                 coupling_engine: str = "dygraph"):
+                 coupling_engine: str = "dygraph", num_dequant_components: Optional[int] = None):
         super().__init__()
         in_shape = tuple(int(v) for v in in_shape)
         scales = tuple((int(a), int(b)) for a, b in scales)
@@ -138,7 +140,8 @@ class FlowPlusPlus(nn.Layer):
         self.undo_bound = bool(undo_bound)
         # Logit pre-processing bound; a buffer (saved, not trained) as in the reference.
         self.register_buffer("bounds", paddle.to_tensor([0.9], dtype="float32"), persistable=True)
-        self.dequant_flows = (Dequantization(in_shape, mid_channels, num_dequant_blocks, num_components, use_attn,
+        k_dequant = num_components if num_dequant_components is None else int(num_dequant_components)
+        self.dequant_flows = (Dequantization(in_shape, mid_channels, num_dequant_blocks, k_dequant, use_attn,
                                              drop_prob, inverse_method=inverse_method)
                               if num_dequant_blocks > 0 else None)
         self.flows = FlowScale(scales, in_shape, dict(
