@@ -10,17 +10,6 @@ import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is importe
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
-import pytest  # noqa: E402
-
 # Each test module runs in its own interpreter (see tests/_isolation.py); --in-process turns it off.
 from _isolation import (pytest_addoption, pytest_runtest_logreport, pytest_runtest_protocol,  # noqa: E402,F401
                         pytest_terminal_summary)
-
-
-@pytest.fixture(autouse=True)
-def _reset_process_state():
-    """Tools and the Trainer set process-wide modes (fast Langevin); no test may leak them into the next."""
-    yield
-    from paddle_coopflow import langevin_fast
-
-    langevin_fast.set_mode("off")
