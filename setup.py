@@ -16,7 +16,7 @@ setup(
     # Paddle itself is NOT listed: `paddlepaddle` (CPU) or `paddlepaddle-gpu` is installed per the
     # README, so a GPU user never gets a CPU build clobbering theirs.
     install_requires=[
-        "numpy>=1.21,<2.4",  # numpy 2.4 breaks float() on shape-[1] tensors (PADDLE_NOTES §8)
+        "numpy>=1.21,<2.4",  # numpy 2.4 breaks float() on shape-[1] tensors (docs/paddle_notes.md)
         "pyyaml>=5.1",
         "scipy>=1.5",
         "pillow>=8.0",
