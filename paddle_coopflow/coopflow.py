@@ -244,22 +244,9 @@ class CoopFlow:
             return self._flow_only_step(x_data)
         o = self.o
         frozen = o.frozen_flow if frozen_flow is None else bool(frozen_flow)
-        n = o.n_samples or x_data.shape[0]
         nan = float("nan")
-        for m in (self.flow, self.ebm):
-            if m is not None:
-                m.train()
-        self._clear_grads()
-
-        # 1. propose (the flow samples in train mode by default, dropout on, as the official code)
-        if self.flow is not None and not o.sample_flow_in_train_mode:
-            self.flow.eval()
-        x_prop = self.propose(n, shape=x_data.shape[1:])
-        if self.flow is not None:
-            self.flow.train()
-        # 2. revise with the Langevin flow (detached)
-        noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
-        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True)
+        # 1.-2. propose, then revise with the Langevin flow (detached)
+        x_rev, ls, noise_std = self._propose_and_revise(x_data, epoch)
 
         # 3. flow loss on the revised samples (computed for logging even when not updating)
         stats: Dict[str, float] = {"flow_nll": nan, "flow_bpd": nan, "flow_grad_norm": nan,
@@ -299,6 +286,25 @@ class CoopFlow:
                       "ebm_skipped": not ebm_go, "flow_skipped": update_flow and not flow_go,
                       "flow_updating": update_flow, "nonfinite": nonfinite, "gstep": self.gstep})
         return stats
+
+    def _propose_and_revise(self, x_data: paddle.Tensor, epoch: int):
+        """Steps 1-2 of an iteration: (x̃ [n, ...], Langevin stats, σ_noise of this epoch); nets left in train mode.
+
+        The flow proposes in train mode by default (dropout on), as the official code does.
+        """
+        o = self.o
+        for m in (self.flow, self.ebm):
+            if m is not None:
+                m.train()
+        self._clear_grads()
+        if self.flow is not None and not o.sample_flow_in_train_mode:
+            self.flow.eval()
+        x_prop = self.propose(o.n_samples or x_data.shape[0], shape=x_data.shape[1:])
+        if self.flow is not None:
+            self.flow.train()
+        noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
+        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True)
+        return x_rev, ls, noise_std
 
     def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float]):
         """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
