@@ -9,7 +9,3 @@ if ROOT not in sys.path:
 import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
-
-# Each test module runs in its own interpreter (see tests/_isolation.py); --in-process turns it off.
-from _isolation import (pytest_addoption, pytest_runtest_logreport, pytest_runtest_protocol,  # noqa: E402,F401
-                        pytest_terminal_summary)
