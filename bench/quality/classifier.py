@@ -68,7 +68,7 @@ class FeatureExtractor(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """x: [N, 3, 32, 32] float32 in [-1, 1] -> [N, D] features."""
         # .detach() ends the program in share_data_, which oneDNN's first run never replaces
-        # (the same guard as paddle_coopflow/langevin_fast.py uses for its outputs).
+        # (docs/paddle_notes.md, "The oneDNN first-run rewrite").
         return self.net.features(x).detach()
 
 
