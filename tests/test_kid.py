@@ -183,7 +183,7 @@ def test_score_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     for argv, fragment in cases:
         assert score.cli(argv) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and fragment in err and "\n" not in err
+        assert err.startswith("UserError: ") and fragment in err and "\n" not in err
 
 
 def test_augment_crops_and_flips():

@@ -32,6 +32,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
+from paddle_coopflow.cli import run_cli  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
 
 DEFAULT_OUT = os.path.join("~", ".cache", "paddle_coopflow", "quality")
@@ -225,12 +226,8 @@ def main(argv=None) -> int:
 
 
 def cli(argv=None) -> int:
-    """main() with user errors as one line on stderr and exit code 2."""
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """main() with user errors as one line on stderr and exit code 2 (the tools' run_cli)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
