@@ -9,6 +9,7 @@ process-wide state.
 - langevin_step.py: the Langevin step program and :func:`make_langevin_step` (Langevin.engine).
 - coupling.py: the coupling-network programs used when sampling Flow++ (Flow.coupling_engine).
 """
-from .langevin_step import LangevinStepLayer, StaticLangevinStep, make_langevin_step, supports_manual_grad
+from .langevin_step import (LangevinStepLayer, StaticLangevinStep, engine_in_use, make_langevin_step,
+                            supports_manual_grad)
 
-__all__ = ["make_langevin_step", "StaticLangevinStep", "LangevinStepLayer", "supports_manual_grad"]
+__all__ = ["make_langevin_step", "engine_in_use", "StaticLangevinStep", "LangevinStepLayer", "supports_manual_grad"]

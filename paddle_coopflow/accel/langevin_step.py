@@ -34,7 +34,7 @@ from ..utils.env import onednn_cpu
 from .program import ProgramCache
 
 __all__ = ["ENGINES", "VARIANTS", "CPU_FLAGS", "LangevinStepLayer", "StaticLangevinStep", "make_langevin_step",
-           "supports_manual_grad"]
+           "engine_in_use", "supports_manual_grad"]
 
 ENGINES = ("auto", "static", "dygraph")
 VARIANTS = ("manual", "autograd")
@@ -255,3 +255,14 @@ def make_langevin_step(ebm: nn.Layer, engine: str = "auto", logger: Optional[log
         return langevin_step
     log.info("Langevin step: static oneDNN program for %s (Langevin.engine=%s)", name, engine)
     return _EngineStep(StaticLangevinStep(ebm, "manual", strict=engine == "static"))
+
+
+def engine_in_use(step) -> str:
+    """'static' | 'dygraph' | 'none': what a step from :func:`make_langevin_step` runs (None: no EBM).
+
+    The step is chosen by Langevin.engine, the device and the build only (never by timing), so a resumed
+    run takes the same step as the run it continues when the config is the same.
+    """
+    if step is None:
+        return "none"
+    return "static" if hasattr(step, "static") else "dygraph"

@@ -27,6 +27,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import checkpoint as ckpt
+from ..accel import engine_in_use
 from ..builder import build_ebm, build_flow, count_params
 from ..config import Config, ConfigError
 from ..errors import UserError
@@ -38,17 +39,7 @@ from .checkpointing import (checkpoint_label, iter_prefix_name, load_training_ch
 from .rundir import holds_run, open_run_dir, refuse_existing
 from .signals import StopOnSignal, TrainingStopped
 
-__all__ = ["Trainer", "langevin_engine_in_use"]
-
-def langevin_engine_in_use(step) -> str:
-    """'static' | 'dygraph' | 'none': the Langevin step a learner takes (its `langevin_step`, or None without EBM).
-
-    The step is chosen by Langevin.engine, the device and the build only (never by timing), so a
-    resumed run takes the same step as the run it continues when the config is the same.
-    """
-    if step is None:
-        return "none"
-    return "static" if hasattr(step, "static") else "dygraph"
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -98,7 +89,7 @@ class Trainer:
         self._set_phases()
         self._build_learners()
         self.langevin_engine = {"config": cfg.Langevin.engine,
-                                "in_use": langevin_engine_in_use(self.learner.langevin_step)}
+                                "in_use": engine_in_use(self.learner.langevin_step)}
         self._notes.append(f"Langevin step: {self.langevin_engine['in_use']} (Langevin.engine={cfg.Langevin.engine}; "
                            "recorded in every checkpoint)")
 
