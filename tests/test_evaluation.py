@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import paddle
@@ -265,8 +264,7 @@ def test_in_training_fid_wiring_and_reference_cache(run, nets, tmp_path, monkeyp
 
     monkeypatch.setattr(data, "load_images", lambda *a, **k: pytest.fail("reference stats not cached"))
     assert fid_eval(nets[0], nets[1], str(tmp_path)) == pytest.approx(fid, rel=1e-6)  # same seed, cached ref
-    trainer = types.SimpleNamespace(cfg=cfg, flow=nets[0], ebm=nets[1], run_dir=str(tmp_path))
-    assert ev.in_training_fid(trainer) == pytest.approx(fid, rel=1e-6)  # a fresh object, same number
+    assert ev.InTrainingFID(cfg)(nets[0], nets[1], str(tmp_path)) == pytest.approx(fid, rel=1e-6)  # a fresh object, same number
 
 
 def jit_feature_net(path):
@@ -331,9 +329,9 @@ def test_check_fid_setup_fails_fast(tmp_path):
         assert "\n" not in msg
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(UserError, match="fid_ref_stats"):
-        ev.check_fid_setup(load_config(None, TINY + [
+        ev.InTrainingFID(load_config(None, TINY + [
             "Eval.fid_every_epochs=5", f"Eval.inception_weights={tmp_path}/w.pth",
-            f"Eval.fid_ref_stats={tmp_path}/none.npz"]))
+            f"Eval.fid_ref_stats={tmp_path}/none.npz"])).check()
 
 
 def test_trainer_evaluate_fid_logs_and_selects_best(run, monkeypatch):

@@ -203,16 +203,3 @@ class InTrainingFID:
     def __call__(self, flow, ebm, run_dir: Optional[str] = None) -> float:
         """The FID (or the proxy FID) of the nets' samples; `run_dir` caches the reference statistics."""
         return self.evaluate(flow, ebm, run_dir)[self.log_key]
-
-
-def in_training_fid(trainer) -> float:
-    """FID for a caller that keeps no :class:`InTrainingFID`: builds one (and its network) per call.
-
-    Uses trainer.cfg, trainer.flow, trainer.ebm and trainer.run_dir.
-    """
-    return InTrainingFID(trainer.cfg)(trainer.flow, trainer.ebm, trainer.run_dir)
-
-
-def check_fid_setup(cfg) -> None:
-    """``InTrainingFID(cfg).check()``: a one-line UserError when in-training FID is on but could not run."""
-    InTrainingFID(cfg).check()
