@@ -33,6 +33,7 @@ import paddle
 import paddle.nn as nn
 
 from .langevin import langevin_flow, noise_std_for
+from .noise import Shard, draw
 from .optim import OptimBundle, clip_grad_norm, clip_grad_norm_groups
 from .sampling import propose
 from .sampling import sample as sample_coopflow
@@ -203,12 +204,19 @@ class CoopFlow:
         return propose(self.flow if self.o.mode != "langevin_only" else None, n, z, shape)
 
     def revise(self, x_prop: paddle.Tensor, epoch: float = 0, step_size: Optional[float] = None,
-               n_steps: Optional[int] = None, train: bool = True, return_stats: bool = False):
-        """x̃ = Langevin flow from x̂ (eq. 3). Training adds the configured noise; generation has none."""
+               n_steps: Optional[int] = None, train: bool = True, return_stats: bool = False,
+               shard: Optional[Shard] = None):
+        """x̃ = Langevin flow from x̂ (eq. 3). Training adds the configured noise; generation has none.
+
+        shard: where x_prop sits in a data-parallel global batch (the noise is drawn for all of it).
+        """
         std = noise_std_for(self.o.noise_mode, epoch, self.o.noise_K, self.o.noise_std) if train else 0.0
+        T = self.o.n_steps if n_steps is None else n_steps
         kw = {} if self.langevin_step is None else {"step": self.langevin_step}
-        return langevin_flow(self.ebm, x_prop, self.o.n_steps if n_steps is None else n_steps,
-                             step_size or (self.o.step_size if train else self.o.test_step_size),
+        if std > 0.0 and T > 0:
+            n = int(x_prop.shape[0])
+            kw["noise"] = draw("normal", [T] + list(x_prop.shape), shard or Shard.single(n), axis=1)
+        return langevin_flow(self.ebm, x_prop, T, step_size or (self.o.step_size if train else self.o.test_step_size),
                              self.o.delta_clip, self.o.image_clip, noise_std=std, return_stats=return_stats, **kw)
 
     def sample(self, n: int, z: Optional[paddle.Tensor] = None, step_size: Optional[float] = None,
@@ -225,7 +233,7 @@ class CoopFlow:
 
     # ----------------------------------------------------------------------------------- training
     def train_step(self, x_data: paddle.Tensor, epoch: int, it: int,
-                   frozen_flow: Optional[bool] = None) -> Dict[str, float]:
+                   frozen_flow: Optional[bool] = None, shard: Optional[Shard] = None) -> Dict[str, float]:
         """One iteration of Algorithm 1 (or of the baseline named by options.mode).
 
         Args:
@@ -233,6 +241,8 @@ class CoopFlow:
             epoch: current epoch (noise decay, first-epoch skip rule).
             it: iteration within the epoch (n_update_flow gating, like the official `counter`).
             frozen_flow: overrides options.frozen_flow for this iteration.
+            shard: where x_data sits in the global batch of a data-parallel run (None: one process);
+                every random draw is made for the global batch and sliced (paddle_coopflow.noise).
 
         Returns:
             dict of floats/bools: ebm_loss, f_data, f_revised, f_proposal, flow_nll, flow_bpd,
@@ -240,13 +250,14 @@ class CoopFlow:
             langevin_sq_change, langevin_delta_clip_frac, noise_std, ebm_stepped, flow_stepped,
             ebm_skipped, flow_skipped, nonfinite, gstep. NaN marks a quantity not computed.
         """
+        shard = shard or Shard.single(x_data.shape[0])
         if self.o.mode == "flow_only":
-            return self._flow_only_step(x_data)
+            return self._flow_only_step(x_data, shard)
         o = self.o
         frozen = o.frozen_flow if frozen_flow is None else bool(frozen_flow)
         nan = float("nan")
         # 1.-2. propose, then revise with the Langevin flow (detached)
-        x_rev, ls, noise_std = self._propose_and_revise(x_data, epoch)
+        x_rev, ls, noise_std = self._propose_and_revise(x_data, epoch, shard)
 
         # 3. flow loss on the revised samples (computed for logging even when not updating)
         stats: Dict[str, float] = {"flow_nll": nan, "flow_bpd": nan, "flow_grad_norm": nan,
@@ -254,7 +265,7 @@ class CoopFlow:
         update_flow = o.mode == "coopflow" and not frozen and it % o.n_update_flow == 0
         flow_norm, flow_ok = float("nan"), True
         if o.mode == "coopflow":
-            _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats)
+            _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats, shard)
 
         # 4. EBM loss (eq. 2): raise f on data, lower it on the revised samples
         ebm_loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
@@ -287,7 +298,7 @@ class CoopFlow:
                       "flow_updating": update_flow, "nonfinite": nonfinite, "gstep": self.gstep})
         return stats
 
-    def _propose_and_revise(self, x_data: paddle.Tensor, epoch: int):
+    def _propose_and_revise(self, x_data: paddle.Tensor, epoch: int, shard: Shard):
         """Steps 1-2 of an iteration: (x̃ [n, ...], Langevin stats, σ_noise of this epoch); nets left in train mode.
 
         The flow proposes in train mode by default (dropout on), as the official code does.
@@ -299,25 +310,37 @@ class CoopFlow:
         self._clear_grads()
         if self.flow is not None and not o.sample_flow_in_train_mode:
             self.flow.eval()
-        x_prop = self.propose(o.n_samples or x_data.shape[0], shape=x_data.shape[1:])
+        n = int(o.n_samples or x_data.shape[0])
+        if o.mode == "langevin_only":
+            z = draw("uniform", [n] + list(x_data.shape[1:]), shard)
+        else:
+            z = draw("normal", [n] + list(self.flow.z_shape), shard)
+        x_prop = self.propose(n, z=z)
         if self.flow is not None:
             self.flow.train()
         noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
-        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True)
+        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True, shard=shard)
         return x_rev, ls, noise_std
 
-    def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float]):
+    def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float], shard: Shard):
         """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
         d = float(np.prod(x.shape[1:]))
+        net = (self.loss_flow or self.flow.nll) if update else self.flow.nll
+        kind = getattr(self.flow, "dequant_noise_kind", None)  # flows without dequantization draw nothing
+        if kind is not None:
+            noise = draw(kind, x.shape, shard)
+            nll = lambda v: net(v, noise)  # noqa: E731
+        else:
+            nll = net
         if update:
-            loss = flow_ml_loss(self.loss_flow or self.flow.nll, x)
+            loss = flow_ml_loss(nll, x)
             loss.backward()
             norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.o.flow_clip_norm, self.o.flow_clip_mode)
             for name, v in zip(self.flow_optim.group_names, per):
                 stats[f"flow_grad_norm/{name}"] = v
         else:
             with paddle.no_grad():
-                loss = flow_ml_loss(self.flow.nll, x)
+                loss = flow_ml_loss(nll, x)
             norm = float("nan")
         nll = float(loss.item())
         stats.update({"flow_nll": nll, "flow_bpd": nll / (d * math.log(2.0)), "flow_grad_norm": norm})
@@ -325,12 +348,12 @@ class CoopFlow:
         ok = _finite(nll, norm) if update else True
         return loss, norm, ok
 
-    def _flow_only_step(self, x_data: paddle.Tensor) -> Dict[str, float]:
+    def _flow_only_step(self, x_data: paddle.Tensor, shard: Shard) -> Dict[str, float]:
         """Baseline: Flow++ maximum likelihood on the data (clip/skip as for the flow in CoopFlow)."""
         self.flow.train()
         self._clear_grads()
         stats: Dict[str, float] = {"lr_flow": self.flow_optim.lr()}
-        _, norm, ok = self._flow_backward(x_data, True, stats)
+        _, norm, ok = self._flow_backward(x_data, True, stats, shard)
         go = ok and (self.o.flow_skip_norm is None or norm < self.o.flow_skip_norm)
         if go:
             self.flow_optim.step(self.gstep)

@@ -90,7 +90,33 @@ def test_fid_after_the_epoch_save_never_in_pretraining_and_best(pre_run):
     assert [(e, i) for e, i, _ in calls] == [(2, 9), (3, 14)]            # not after the pre-training epoch
     assert all(saved == i for _, i, saved in calls)                      # the epoch's checkpoint was on disk
     best = states(run / "ckpt" / "best")
-    assert best["best"] == {"metric": "fid_5000", "value": 97.0, "epoch": 3} and best["global_iter"] == 14
+    assert best["best"] == {"metric": "fid_5000", "value": 97.0, "epoch": 3, "iter": 14} and best["global_iter"] == 14
+
+
+def test_fid_every_iters_after_the_save_and_never_in_pretraining(tmp_path):
+    """Eval.fid_every_iters (runs shorter than an epoch): at iterations 6 and 8, not 2 and 4 (pre-training)."""
+    from paddle_coopflow import evaluation
+    from paddle_coopflow.engine import Trainer
+
+    (tmp_path / "inception.pth").write_bytes(b"weights")
+    tr = Trainer(tiny_cfg(tmp_path / "run", "Train.pretrain_epochs=1", "Train.coop_epochs=1", "Train.max_iters=8",
+                          "Global.sample_interval=0", "Global.keep_checkpoints=10", "Eval.fid_every_iters=2",
+                          f"Eval.inception_weights={tmp_path / 'inception.pth'}"))
+    calls = []
+
+    def fake_fid(fid, flow, ebm, run_dir=None):
+        calls.append((tr.global_iter, states(tr.ckpt_dir + f"/iter_{tr.global_iter:07d}")["global_iter"]))
+        return {fid.log_key: 100.0 - tr.global_iter}
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(evaluation.InTrainingFID, "evaluate", fake_fid)
+    try:
+        tr.train()
+    finally:
+        mp.undo()
+    assert calls == [(6, 6), (8, 8)]
+    assert [r["step"] for r in stats_records(tmp_path / "run") if "eval/fid_5000" in r] == [6, 8]
+    assert states(tmp_path / "run" / "ckpt" / "best")["best"]["iter"] == 8
 
 
 def test_init_flow_skips_pretraining_and_keeps_the_flow_frozen_in_warmup(pre_run, tmp_path):

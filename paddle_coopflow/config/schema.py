@@ -155,7 +155,9 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    fid_every_epochs: int = _f(0, min=0, help="in-training FID period; 0 = off")
+    fid_every_epochs: int = _f(0, min=0, help="in-training FID period in epochs; 0 = off")
+    fid_every_iters: int = _f(0, min=0, help="in-training FID period in iterations (for runs shorter than an "
+                                             "epoch); 0 = off")
     fid_num_samples: int = _f(5000, min=2)
     fid_batch_size: int = _f(50, min=1)
     inception_weights: str = _f("", help="pt_inception-2015-12-05-6726825d.pth or a .pdparams")

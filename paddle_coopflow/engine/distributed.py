@@ -1,10 +1,13 @@
 """Data-parallel helpers (``python -m paddle.distributed.launch``; CPU gloo or GPU NCCL).
 
 Every rank builds identical networks from the same seed, reads its slice of each global batch
-(see ``data/sampler.py``) and draws its own proposals and Langevin noise from the stream seeded with
-``Global.seed + 1000 · rank``. The loss forward passes go through ``paddle.DataParallel`` wrappers, so
-the gradients are averaged over ranks before clipping and the optimizer step: every rank applies
-the same update and the parameters stay identical (:func:`check_ranks_agree` verifies it at the end).
+(see ``data/sampler.py``) and keeps the same random stream: each draw of an iteration (proposals,
+Langevin noise, dequantization noise) is made for the global batch and sliced (``noise.py``), and the
+flow's ActNorm statistics come from the gathered global batches. The loss forward passes go through
+``paddle.DataParallel`` wrappers, so the gradients are averaged over ranks before clipping and the
+optimizer step: every rank applies the same update, the parameters stay identical
+(:func:`check_ranks_agree` verifies it at the end), and W ranks × B images follow one process of W·B
+images up to the order of floating-point sums (dropout masks excepted: they are drawn per rank).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Iterable, Tuple
 import numpy as np
 
 __all__ = ["dist_info", "init_parallel", "make_loss_nets", "broadcast_state", "params_digest",
-           "check_ranks_agree"]
+           "check_ranks_agree", "shard_of", "gather_batch"]
 
 
 def dist_info() -> Tuple[int, int]:
@@ -50,8 +53,8 @@ def make_loss_nets(flow, ebm):
             super().__init__()
             self.f = f
 
-        def forward(self, x):
-            return self.f.nll(x)
+        def forward(self, x, noise=None):
+            return self.f.nll(x, noise)
 
     flow_dp = paddle.DataParallel(FlowNLL(flow)) if flow is not None else None
     ebm_dp = paddle.DataParallel(ebm) if ebm is not None else None
@@ -92,3 +95,31 @@ def check_ranks_agree(nets: Iterable, world_size: int) -> Tuple[bool, str]:
     msg = (f"parameters identical on all {world_size} ranks" if same else
            f"WARNING: parameters differ between ranks (digests {[int(g.item()) for g in gathered]})")
     return same, msg
+
+
+def shard_of(x, rank: int, world_size: int):
+    """The :class:`~paddle_coopflow.noise.Shard` of this rank's batch x (None with one process).
+
+    The per-rank sizes are gathered every iteration (one small collective): the last batch of an
+    epoch may be split unevenly.
+    """
+    if world_size == 1:
+        return None
+    import paddle
+    import paddle.distributed as dist
+
+    from ..noise import Shard
+
+    sizes: list = []
+    dist.all_gather(sizes, paddle.to_tensor([int(x.shape[0])], dtype="int64"))
+    return Shard(tuple(int(t.item()) for t in sizes), rank)
+
+
+def gather_batch(x):
+    """The global batch: every rank's x concatenated in rank order (equal per-rank sizes)."""
+    import paddle
+    import paddle.distributed as dist
+
+    parts: list = []
+    dist.all_gather(parts, x)
+    return paddle.concat(parts)

@@ -119,11 +119,11 @@ def evaluate_fid(tr) -> Optional[float]:
     finally:
         ckpt.set_rng_state(state)
     tr.log.record(tr.global_iter, values)
-    tr.log.info(f"epoch {tr.epoch}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
+    tr.log.info(f"iter {tr.global_iter}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
     key = tr.fid.log_key
     fid = values[key]
     if fid < tr.best["value"]:
-        tr.best = {"metric": key.split("/", 1)[1], "value": fid, "epoch": tr.epoch}
+        tr.best = {"metric": key.split("/", 1)[1], "value": fid, "epoch": tr.epoch, "iter": tr.global_iter}
         link_best(tr)
     return fid
 

@@ -107,7 +107,9 @@ class Trainer:
             ckpt.load_params_into(self.flow, state["flow"], "flow")
             self._notes.append(f"flow initialised from {t.init_flow} (pre-trained; ActNorm already initialised)")
         if not resume:
-            seed_everything(g.seed + 1000 * self.rank)  # per-rank randomness after identical construction
+            # One stream on every rank: each draw covers the global batch and a rank keeps its rows
+            # (paddle_coopflow/noise.py), so W ranks reproduce one process of the same global batch.
+            seed_everything(g.seed)
         self._boundary_rng = ckpt.rng_state()
         self.fixed_noise = outputs.fixed_noise(cfg, self.flow, self.dataset)
         self.loss_nets = None
@@ -241,10 +243,12 @@ class Trainer:
             if i >= max(1, min(t.data_init_group, t.data_init_batches)):
                 break
             batches.append(x)
+        if self.world_size > 1:  # the global batches, as one process of the same global batch sees them
+            batches = [ddp.gather_batch(b) for b in batches]
         self.flow.train()
         with paddle.no_grad():
             self.flow.nll(paddle.concat(batches))
-        if self.world_size > 1:  # every rank takes rank 0's ActNorm statistics
+        if self.world_size > 1:  # same data and noise on every rank; rank 0's values guard against drift
             ddp.broadcast_state(self.flow)
         self.log.info(f"ActNorm data-dependent init on {sum(len(b) for b in batches)} images; "
                       f"training starts at batch {t.data_init_batches} of epoch 1")
@@ -304,7 +308,8 @@ class Trainer:
                 if stop.requested or (t.max_iters and self.global_iter >= t.max_iters):
                     return
                 self._in_step = True
-                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "warmup")
+                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "warmup",
+                                           shard=ddp.shard_of(x, self.rank, self.world_size))
                 self.batch_pos += 1
                 self.global_iter += 1
                 self._boundary_rng = ckpt.rng_state()
@@ -313,13 +318,21 @@ class Trainer:
                 if self.global_iter % g.log_interval == 0:
                     outputs.log_interval(self, phase, agg, clock, total_iters)
                     agg = {}
-                if g.sample_interval and self.global_iter % g.sample_interval == 0:
-                    outputs.sample_grid(self)
-                if g.save_interval and self.global_iter % g.save_interval == 0:
-                    self.save(iter_prefix_name(self.global_iter))
+                self._periodic_outputs(phase)
             self.epoch += 1
             self.batch_pos = 0
             self._end_of_epoch(phase, fid=not stop.requested)
+
+    def _periodic_outputs(self, phase: str) -> None:
+        """Grid, checkpoint and in-training FID due at this iteration (FID after its checkpoint is saved)."""
+        g, e, it = self.cfg.Global, self.cfg.Eval, self.global_iter
+        if g.sample_interval and it % g.sample_interval == 0:
+            outputs.sample_grid(self)
+        fid_due = e.fid_every_iters and it % e.fid_every_iters == 0 and phase != "pretrain"
+        if fid_due or (g.save_interval and it % g.save_interval == 0):
+            self.save(iter_prefix_name(it))
+        if fid_due:
+            self.evaluate_fid()
 
     def _save_at_boundary(self) -> str:
         """Save ``latest`` at the last completed iteration; returns a phrase saying where it is."""
@@ -380,7 +393,7 @@ class Trainer:
             self.save(iter_prefix_name(self.global_iter))
         if fid_due:
             self.evaluate_fid()
-        if self._epoch_bpd and not e.fid_every_epochs:
+        if self._epoch_bpd and not (e.fid_every_epochs or e.fid_every_iters):
             # Without FID, a flow-only run keeps as `best` the epoch with the lowest mean training bits/dim
             # (the EBM loss is no quality measure, so other modes have no `best` until FID is on).
             bpd = float(np.mean(self._epoch_bpd))

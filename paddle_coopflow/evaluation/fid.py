@@ -70,7 +70,7 @@ def weights_hint(detail: str) -> str:
     from ..metrics.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 
     return (f"in-training FID is on but {detail}: download {FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL} and "
-            f"set -o Eval.inception_weights=PATH, or turn in-training FID off with -o Eval.fid_every_epochs=0")
+            f"set -o Eval.inception_weights=PATH, or turn in-training FID off with -o Eval.fid_every_epochs=0 -o Eval.fid_every_iters=0")
 
 
 class InTrainingFID:
@@ -105,7 +105,7 @@ class InTrainingFID:
         if e.feature_model:
             return None
         if not e.inception_weights:
-            return weights_hint(f"Eval.inception_weights is empty (Eval.fid_every_epochs={e.fid_every_epochs})")
+            return weights_hint("Eval.inception_weights is empty")
         if not os.path.isfile(e.inception_weights):
             return weights_hint(f"the Inception weights file '{e.inception_weights}' does not exist")
         return None
@@ -113,7 +113,7 @@ class InTrainingFID:
     def check(self) -> None:
         """Fail fast (before training) with a one-line UserError when the evaluation could not run."""
         e = self.cfg.Eval
-        if not e.fid_every_epochs:
+        if not (e.fid_every_epochs or e.fid_every_iters):
             return
         problem = self._weights_problem()
         if problem:

@@ -207,6 +207,11 @@ class FlowPlusPlus(nn.Layer):
         l, sldj = self.preprocess(x, noise)
         return self.flows(l, sldj)
 
+    @property
+    def dequant_noise_kind(self) -> str:
+        """The distribution of `noise` in :meth:`nll`: 'normal' (variational) or 'uniform01' (uniform)."""
+        return "normal" if self.dequant_flows is not None else "uniform01"
+
     def nll(self, x: paddle.Tensor, noise: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """Per-image NLL in nats [N]: -(sum log N(z) - D log 256 + sldj)."""
         z, sldj = self.forward(x, noise)
