@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from ..logger import log_line, save_png, to_uint8_grid
+from .checkpointing import iter_prefix_name
 
-__all__ = ["TAGS", "log_interval", "fixed_noise", "sample_grid", "evaluate_fid", "export_final"]
+__all__ = ["TAGS", "log_interval", "fixed_noise", "sample_grid", "periodic", "evaluate_fid", "export_final"]
 
 # train_step stats key → VisualDL tag; each is averaged over a log interval
 TAGS = {
@@ -106,6 +107,18 @@ def sample_grid(tr) -> Optional[str]:
     return path
 
 
+def periodic(tr, phase: str) -> None:
+    """The grid, checkpoint and in-training FID due after iteration `tr.global_iter` (FID after its save)."""
+    g, e, it = tr.cfg.Global, tr.cfg.Eval, tr.global_iter
+    if g.sample_interval and it % g.sample_interval == 0:
+        sample_grid(tr)
+    fid_due = e.fid_every_iters and it % e.fid_every_iters == 0 and phase != "pretrain"
+    if fid_due or (g.save_interval and it % g.save_interval == 0):
+        tr.save(iter_prefix_name(it))
+    if fid_due:
+        evaluate_fid(tr)
+
+
 def evaluate_fid(tr) -> Optional[float]:
     """In-training FID (or proxy FID and KID) of the current nets; may make the current checkpoint `best`.
 
@@ -130,7 +143,7 @@ def evaluate_fid(tr) -> Optional[float]:
 
 def link_best(tr) -> None:
     """Save the current state (it records the new best) and point ``ckpt/best`` at it."""
-    prefix = tr.save(f"iter_{tr.global_iter:07d}")
+    prefix = tr.save(iter_prefix_name(tr.global_iter))
     if prefix:
         ckpt.link_checkpoint(prefix, os.path.join(tr.ckpt_dir, "best"))
         tr.log.info(f"best {tr.best['metric']} = {tr.best['value']:.4f}: {prefix} -> best")

@@ -318,21 +318,10 @@ class Trainer:
                 if self.global_iter % g.log_interval == 0:
                     outputs.log_interval(self, phase, agg, clock, total_iters)
                     agg = {}
-                self._periodic_outputs(phase)
+                outputs.periodic(self, phase)
             self.epoch += 1
             self.batch_pos = 0
             self._end_of_epoch(phase, fid=not stop.requested)
-
-    def _periodic_outputs(self, phase: str) -> None:
-        """Grid, checkpoint and in-training FID due at this iteration (FID after its checkpoint is saved)."""
-        g, e, it = self.cfg.Global, self.cfg.Eval, self.global_iter
-        if g.sample_interval and it % g.sample_interval == 0:
-            outputs.sample_grid(self)
-        fid_due = e.fid_every_iters and it % e.fid_every_iters == 0 and phase != "pretrain"
-        if fid_due or (g.save_interval and it % g.save_interval == 0):
-            self.save(iter_prefix_name(it))
-        if fid_due:
-            self.evaluate_fid()
 
     def _save_at_boundary(self) -> str:
         """Save ``latest`` at the last completed iteration; returns a phrase saying where it is."""
