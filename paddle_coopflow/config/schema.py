@@ -69,6 +69,8 @@ class FlowConfig:
     coupling_engine: str = _f("dygraph", choices=("auto", "static", "dygraph"),
                               help="coupling networks when sampling in eval mode: 'static' (static-graph oneDNN "
                                    "programs), 'dygraph', or 'auto' (static on CPU builds with oneDNN)")
+    recompute: bool = _f(False, help="recompute each coupling step's activations in the backward pass: "
+                                     "less memory for more time, same gradients (docs/speed.md)")
     # 2-D toy flow (arch: flow2d)
     hidden: int = _f(64, min=1)
     num_layers: int = _f(8, min=1)

@@ -49,11 +49,34 @@ class FlowScale(nn.Layer):
         self.channels = nn.LayerList(channels) if channels else None
         self.checkers = nn.LayerList(checkers) if checkers else None
         self.next = FlowScale(scales[1:], (2 * c, h // 2, w // 2), coupling_kwargs) if len(scales) > 1 else None
+        self.recompute = False  # set by FlowPlusPlus.set_recompute
 
     @staticmethod
-    def _run(layers: nn.LayerList, x, sldj, reverse: bool):
+    def _steps(layers, x, sldj, reverse: bool):
         for layer in (reversed(list(layers)) if reverse else layers):
             x, sldj = layer(x, sldj, reverse=reverse)
+        return x, sldj
+
+    def _run(self, layers: nn.LayerList, x, sldj, reverse: bool):
+        if reverse or not self.recompute or not paddle.is_grad_enabled():
+            return self._steps(layers, x, sldj, reverse)
+        # Activation recomputation, one coupling step (ActNorm, InvConv, Coupling, Flip) at a time: only
+        # the step's inputs are kept for the backward pass, which runs the step's forward again.
+        from paddle.distributed.fleet.utils import recompute
+
+        layers = list(layers)
+        for i in range(0, len(layers), 4):
+            step = layers[i:i + 4]
+
+            def run(a, b, s, step=step):
+                (a, b), s = self._steps(step, (a, b), s, False)
+                return a, b, s
+
+            if x[0].stop_gradient and x[1].stop_gradient and sldj.stop_gradient:
+                x, sldj = self._steps(step, x, sldj, False)  # recompute needs an input with a gradient: plain step
+            else:
+                a, b, sldj = recompute(run, x[0], x[1], sldj, use_reentrant=False)
+                x = (a, b)
         return x, sldj
 
     def _recurse(self, x: paddle.Tensor, sldj: paddle.Tensor, reverse: bool):
@@ -122,12 +145,16 @@ class FlowPlusPlus(nn.Layer):
         coupling_engine: the coupling networks when sampling (eval mode, no grad): 'auto' = static-graph
             oneDNN programs on CPU builds with oneDNN (checked against dygraph on first use, dygraph
             fallback), 'static' = always (failures raise), 'dygraph'. See paddle_coopflow/accel/coupling.py.
+        recompute: activation recomputation in training: the main flow keeps only each coupling step's
+            inputs for the backward pass and runs the step again there (less memory, more time; same
+            gradients). See :meth:`set_recompute`.
     """
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
                  drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
-                 coupling_engine: str = "dygraph", num_dequant_components: Optional[int] = None):
+                 coupling_engine: str = "dygraph", num_dequant_components: Optional[int] = None,
+                 recompute: bool = False):
         super().__init__()
         in_shape = tuple(int(v) for v in in_shape)
         scales = tuple((int(a), int(b)) for a, b in scales)
@@ -148,6 +175,15 @@ class FlowPlusPlus(nn.Layer):
             mid_channels=mid_channels, num_blocks=num_blocks, num_components=num_components,
             drop_prob=drop_prob, use_attn=use_attn, inverse_method=inverse_method))
         self.set_coupling_engine(coupling_engine)
+        self.set_recompute(recompute)
+
+    def set_recompute(self, on: bool) -> None:
+        """Activation recomputation per coupling step of the main flow (paddle.distributed.fleet.utils.recompute,
+        hook implementation; dropout masks are replayed from the saved RNG state)."""
+        for m in [self.flows] + list(self.flows.sublayers()):
+            if isinstance(m, FlowScale):
+                m.recompute = bool(on)
+        self.recompute = bool(on)
 
     def set_coupling_engine(self, engine: str) -> None:
         """Engine of the main flow's coupling networks when sampling: 'auto', 'static' or 'dygraph' (class doc)."""
