@@ -69,3 +69,30 @@ class Flip(nn.Layer):
 
     def forward(self, x: Pair, sldj: paddle.Tensor, reverse: bool = False) -> Tuple[Pair, paddle.Tensor]:
         return (x[1], x[0]), sldj
+
+
+def run_step(step, pair: Pair, sldj: paddle.Tensor, aux: Optional[paddle.Tensor] = None,
+             recompute: bool = False) -> Tuple[Pair, paddle.Tensor]:
+    """One coupling step (ActNorm, InvConv, Coupling, Flip: the layers of `step`) forward on the pair.
+
+    With `recompute` (training only: gradients enabled), activation recomputation: only the step's inputs
+    are kept for the backward pass, which runs the step's forward again
+    (``paddle.distributed.fleet.utils.recompute``, PyLayer implementation, dropout replayed from the saved
+    RNG state). Paddle's hook implementation (``use_reentrant=False``) kept most activations alive here:
+    docs/speed.md, "Activation recomputation".
+    """
+    def fwd(a, b, s, *extra):
+        x = (a, b)
+        for layer in step:
+            kw = {"aux": extra[0]} if extra and isinstance(layer, Coupling) else {}
+            x, s = layer(x, s, **kw)
+        return x[0], x[1], s
+
+    inputs = [pair[0], pair[1], sldj] + ([aux] if aux is not None else [])
+    if recompute and paddle.is_grad_enabled() and not all(t.stop_gradient for t in inputs):
+        from paddle.distributed.fleet.utils import recompute as paddle_recompute
+
+        a, b, sldj = paddle_recompute(fwd, *inputs, use_reentrant=True)
+    else:  # (Paddle's recompute needs an input that carries a gradient)
+        a, b, sldj = fwd(*inputs)
+    return (a, b), sldj

@@ -15,7 +15,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .act_norm import ActNorm
-from .coupling import Coupling, Flip
+from .coupling import Coupling, Flip, run_step
 from .inv_conv import InvConv
 from .mixture import safe_log
 from .nn import GatedConv
@@ -56,6 +56,7 @@ class Dequantization(nn.Layer):
                                use_attn=use_attn, aux_channels=aux_channels, inverse_method=inverse_method),
                       Flip()]
         self.flows = nn.LayerList(flows)
+        self.recompute = False  # set by FlowPlusPlus.set_recompute
 
     def forward(self, x: paddle.Tensor, sldj: paddle.Tensor,
                 eps: Optional[paddle.Tensor] = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
@@ -69,11 +70,9 @@ class Dequantization(nn.Layer):
 
         aux = self.aux_conv(paddle.concat(checkerboard(x - 0.5), axis=1))
         h = checkerboard(eps)
-        for flow in self.flows:
-            if isinstance(flow, Coupling):
-                h, sldj = flow(h, sldj, aux=aux)
-            else:
-                h, sldj = flow(h, sldj)
+        layers = list(self.flows)
+        for i in range(0, len(layers), 4):
+            h, sldj = run_step(layers[i:i + 4], h, sldj, aux=aux, recompute=self.recompute)
         u = F.sigmoid(checkerboard_inverse(h))
 
         sigmoid_ldj = safe_log(u) + safe_log(1.0 - u)

@@ -16,7 +16,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .act_norm import ActNorm
-from .coupling import Coupling, Flip
+from .coupling import Coupling, Flip, run_step
 from .dequant import Dequantization, uniform_dequantize
 from .inv_conv import InvConv
 from .mixture import check_inverse_method
@@ -58,25 +58,11 @@ class FlowScale(nn.Layer):
         return x, sldj
 
     def _run(self, layers: nn.LayerList, x, sldj, reverse: bool):
-        if reverse or not self.recompute or not paddle.is_grad_enabled():
+        if reverse or not self.recompute:
             return self._steps(layers, x, sldj, reverse)
-        # Activation recomputation, one coupling step (ActNorm, InvConv, Coupling, Flip) at a time: only
-        # the step's inputs are kept for the backward pass, which runs the step's forward again.
-        from paddle.distributed.fleet.utils import recompute
-
         layers = list(layers)
-        for i in range(0, len(layers), 4):
-            step = layers[i:i + 4]
-
-            def run(a, b, s, step=step):
-                (a, b), s = self._steps(step, (a, b), s, False)
-                return a, b, s
-
-            if x[0].stop_gradient and x[1].stop_gradient and sldj.stop_gradient:
-                x, sldj = self._steps(step, x, sldj, False)  # recompute needs an input with a gradient: plain step
-            else:
-                a, b, sldj = recompute(run, x[0], x[1], sldj, use_reentrant=False)
-                x = (a, b)
+        for i in range(0, len(layers), 4):  # one coupling step at a time (see coupling.run_step)
+            x, sldj = run_step(layers[i:i + 4], x, sldj, recompute=True)
         return x, sldj
 
     def _recurse(self, x: paddle.Tensor, sldj: paddle.Tensor, reverse: bool):
@@ -145,9 +131,9 @@ class FlowPlusPlus(nn.Layer):
         coupling_engine: the coupling networks when sampling (eval mode, no grad): 'auto' = static-graph
             oneDNN programs on CPU builds with oneDNN (checked against dygraph on first use, dygraph
             fallback), 'static' = always (failures raise), 'dygraph'. See paddle_coopflow/accel/coupling.py.
-        recompute: activation recomputation in training: the main flow keeps only each coupling step's
-            inputs for the backward pass and runs the step again there (less memory, more time; same
-            gradients). See :meth:`set_recompute`.
+        recompute: activation recomputation in training: the flow keeps only each coupling step's
+            inputs for the backward pass and runs the step again there (less memory, more time; the
+            same gradients to float32 rounding). See :meth:`set_recompute`.
     """
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
@@ -178,10 +164,9 @@ class FlowPlusPlus(nn.Layer):
         self.set_recompute(recompute)
 
     def set_recompute(self, on: bool) -> None:
-        """Activation recomputation per coupling step of the main flow (paddle.distributed.fleet.utils.recompute,
-        hook implementation; dropout masks are replayed from the saved RNG state)."""
-        for m in [self.flows] + list(self.flows.sublayers()):
-            if isinstance(m, FlowScale):
+        """Activation recomputation per coupling step, main and dequantization flows (coupling.run_step)."""
+        for m in [self] + list(self.sublayers()):
+            if isinstance(m, (FlowScale, Dequantization)):
                 m.recompute = bool(on)
         self.recompute = bool(on)
 
