@@ -266,3 +266,12 @@ def test_shipped_fid_configs_say_how_to_fix_at_start(name):
     assert cfg.Eval.fid_every_epochs > 0  # FID stays on
     one_line_error(UserError, InTrainingFID(cfg).check, "-o Eval.inception_weights=PATH",
                    "-o Eval.fid_every_epochs=0", "pt_inception-2015-12-05-6726825d.pth")
+
+
+@pytest.mark.parametrize("mode", ["coopflow", "flow_only", "langevin_only"])
+def test_cpu_cifar_configs_name_the_proxy_feature_network_at_start(mode):
+    from paddle_coopflow.evaluation import InTrainingFID
+
+    cfg = load_config(os.path.join(ROOT, "configs", f"cifar10_cpu_{mode}.yaml"))
+    assert cfg.Eval.fid_every_iters > 0 and not cfg.Eval.feature_model  # the proxy curve is on, its path is the user's
+    one_line_error(UserError, InTrainingFID(cfg).check, "-o Eval.feature_model=PREFIX", "-o Eval.fid_every_iters=0")

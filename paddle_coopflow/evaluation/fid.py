@@ -70,7 +70,8 @@ def weights_hint(detail: str) -> str:
     from ..metrics.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 
     return (f"in-training FID is on but {detail}: download {FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL} and "
-            f"set -o Eval.inception_weights=PATH, or turn in-training FID off with -o Eval.fid_every_epochs=0 -o Eval.fid_every_iters=0")
+            f"set -o Eval.inception_weights=PATH, or use a proxy feature network with -o Eval.feature_model=PREFIX "
+            f"(bench/quality/), or turn in-training FID off with -o Eval.fid_every_epochs=0 -o Eval.fid_every_iters=0")
 
 
 class InTrainingFID:
