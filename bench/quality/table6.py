@@ -9,7 +9,7 @@ For each run (MODE=RUN_DIR) the checkpoint RUN_DIR/ckpt/latest draws --num image
 tools/sample.py does (eval mode, test step size, no noise) and this writes under --out:
     samples_MODE.npz    images: uint8 [N, 32, 32, 3] (the mode's samples; for coopflow the Langevin
                         revisions, plus the flow proposals of the same draws under 'proposals'),
-                        seed, checkpoint, iteration
+                        seed, mode, checkpoint (inside the run directory), iteration
     grid_MODE.png       the first 64 as an 8x8 grid, upscaled (coopflow: proposals | revisions)
     real_cifar10.png    64 real training images, the same way
     curve.png           in-training proxy FID (stats.jsonl 'eval/proxy_fid') against iterations
@@ -67,8 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def draw(run_dir: str, num: int, seed: int):
-    """({'images', and for CoopFlow 'proposals'}: uint8 [N, 32, 32, 3], iteration, checkpoint prefix) of
-    RUN_DIR/ckpt/latest."""
+    """({'images', and for CoopFlow 'proposals'}: uint8 [N, 32, 32, 3], iteration) of RUN_DIR/ckpt/latest."""
     from paddle_coopflow.checkpoint import load_checkpoint
     from paddle_coopflow.cli import load_model
     from paddle_coopflow.evaluation import to_uint8_images
@@ -81,7 +80,7 @@ def draw(run_dir: str, num: int, seed: int):
     if flow is not None and ebm is not None:
         out["proposals"] = to_uint8_images(prop)
     it = int(load_checkpoint(prefix, need=(".pdstates",))["states"]["global_iter"])
-    return out, it, os.path.realpath(prefix)
+    return out, it
 
 
 def run_times(run_dir: str) -> Dict[str, float]:
@@ -153,9 +152,9 @@ def main(argv=None) -> int:
     result = {"floor": scorer.score(floor), "seed": args.seed, "num": args.num, "runs": {}}
     grid_png([floor], os.path.join(args.out, "real_cifar10.png"))
     for mode, run_dir in args.runs.items():
-        arrays, it, prefix = draw(run_dir, args.num, args.seed)
-        np.savez_compressed(os.path.join(args.out, f"samples_{mode}.npz"), seed=args.seed,
-                            checkpoint=os.path.relpath(prefix), iteration=it, **arrays)
+        arrays, it = draw(run_dir, args.num, args.seed)
+        np.savez_compressed(os.path.join(args.out, f"samples_{mode}.npz"), seed=args.seed, mode=mode,
+                            checkpoint=f"ckpt/iter_{it:07d}", iteration=it, **arrays)  # = ckpt/latest
         grid_png([arrays["proposals"], arrays["images"]] if "proposals" in arrays else [arrays["images"]],
                  os.path.join(args.out, f"grid_{mode}.png"))
         row = {"iterations": it, "score": scorer.score(arrays["images"]), **run_times(run_dir)}
