@@ -22,6 +22,23 @@ import paddle_coopflow  # noqa: E402,F401
 from paddle_coopflow.config import load_config  # noqa: E402
 
 
+def time_parts(learner) -> dict:
+    """Wrap the learner's propose/revise so each call adds its seconds to the returned {'propose', 'revise'}
+    dict (reset it between iterations). Dygraph on CPU is synchronous: wall time around a call is its work."""
+    parts = {"propose": 0.0, "revise": 0.0}
+
+    def timed(name, fn):
+        def run(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            parts[name] += time.perf_counter() - t
+            return out
+        return run
+
+    learner.propose, learner.revise = timed("propose", learner.propose), timed("revise", learner.revise)
+    return parts
+
+
 def per_iteration(cfg, iters: int) -> dict:
     import paddle
 
@@ -39,17 +56,7 @@ def per_iteration(cfg, iters: int) -> dict:
     learner = CoopFlow(flow, ebm, *build_optimizers(cfg, flow, ebm), CoopFlowOptions.from_config(cfg))
     x = paddle.uniform(shape, min=-1, max=1)
     flow.data_init(x)
-    parts = {"propose": 0.0, "revise": 0.0}
-
-    def timed(name, fn):   # dygraph on CPU is synchronous: wall time around the call is the work
-        def run(*a, **k):
-            t = time.perf_counter()
-            out = fn(*a, **k)
-            parts[name] += time.perf_counter() - t
-            return out
-        return run
-
-    learner.propose, learner.revise = timed("propose", learner.propose), timed("revise", learner.revise)
+    parts = time_parts(learner)
     t0 = time.time()
     learner.train_step(x, 0, 0)
     warm = time.time() - t0

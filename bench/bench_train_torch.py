@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
 from paddle_coopflow.config import load_config, run_cli  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
+from bench_train import time_parts  # noqa: E402  (bench/ is on sys.path)
 
 PARTS = ("propose", "revise", "updates", "total")
 
@@ -150,17 +151,7 @@ def _setup(cfg, batch: int, seed: int = 0):
                                                             cfg.EBM.img_size), pebm)
     titer = TorchCoopFlow(cfg, tflow, tebm, batch)
 
-    p_parts = {"propose": 0.0, "revise": 0.0}
-
-    def timed(name, fn):   # dygraph on CPU is synchronous: wall time around the call is the work
-        def run(*a, **k):
-            t = time.perf_counter()
-            out = fn(*a, **k)
-            p_parts[name] += time.perf_counter() - t
-            return out
-        return run
-
-    learner.propose, learner.revise = timed("propose", learner.propose), timed("revise", learner.revise)
+    p_parts = time_parts(learner)
 
     def paddle_step(x, it):
         p_parts.update(propose=0.0, revise=0.0)
