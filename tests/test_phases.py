@@ -26,7 +26,6 @@ def _opt_keys(prefix, name):
 def pre_run(tmp_path_factory):
     """Pre-training (epoch 1, iters 1-4) → warm-up, flow frozen (epoch 2, 5-9) → cooperative (epoch 3, 10-14),
     noise decay with K = 2 epochs, fake FID every epoch."""
-    from paddle_coopflow import evaluation
     from paddle_coopflow.engine import Trainer
 
     tmp = tmp_path_factory.mktemp("pre")
@@ -37,12 +36,20 @@ def pre_run(tmp_path_factory):
                    f"Eval.inception_weights={tmp / 'inception.pth'}")
     tr = Trainer(cfg)
     ebm0 = {k: v.numpy().copy() for k, v in tr.ebm.state_dict().items()}
+    calls = _train_with_fake_fid(tr, lambda: (tr.epoch, tr.global_iter), lambda: 100.0 - tr.epoch)
+    return tmp / "run", ebm0, calls
+
+
+def _train_with_fake_fid(tr, where, value):
+    """Train with InTrainingFID.evaluate replaced: each call records where() + the global_iter of the
+    checkpoint on disk for the current iteration, and returns value() as the FID."""
+    from paddle_coopflow import evaluation
+
     calls = []
 
     def fake_fid(fid, flow, ebm, run_dir=None):
-        saved = states(tr.ckpt_dir + f"/iter_{tr.global_iter:07d}")["global_iter"]
-        calls.append((tr.epoch, tr.global_iter, saved))
-        return {fid.log_key: 100.0 - tr.epoch}
+        calls.append((*where(), states(tr.ckpt_dir + f"/iter_{tr.global_iter:07d}")["global_iter"]))
+        return {fid.log_key: value()}
 
     mp = pytest.MonkeyPatch()
     mp.setattr(evaluation.InTrainingFID, "evaluate", fake_fid)
@@ -50,7 +57,7 @@ def pre_run(tmp_path_factory):
         tr.train()
     finally:
         mp.undo()
-    return tmp / "run", ebm0, calls
+    return calls
 
 
 def test_pretrain_then_frozen_warmup_then_coop(pre_run):
@@ -95,25 +102,13 @@ def test_fid_after_the_epoch_save_never_in_pretraining_and_best(pre_run):
 
 def test_fid_every_iters_after_the_save_and_never_in_pretraining(tmp_path):
     """Eval.fid_every_iters (runs shorter than an epoch): at iterations 6 and 8, not 2 and 4 (pre-training)."""
-    from paddle_coopflow import evaluation
     from paddle_coopflow.engine import Trainer
 
     (tmp_path / "inception.pth").write_bytes(b"weights")
     tr = Trainer(tiny_cfg(tmp_path / "run", "Train.pretrain_epochs=1", "Train.coop_epochs=1", "Train.max_iters=8",
                           "Global.sample_interval=0", "Global.keep_checkpoints=10", "Eval.fid_every_iters=2",
                           f"Eval.inception_weights={tmp_path / 'inception.pth'}"))
-    calls = []
-
-    def fake_fid(fid, flow, ebm, run_dir=None):
-        calls.append((tr.global_iter, states(tr.ckpt_dir + f"/iter_{tr.global_iter:07d}")["global_iter"]))
-        return {fid.log_key: 100.0 - tr.global_iter}
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(evaluation.InTrainingFID, "evaluate", fake_fid)
-    try:
-        tr.train()
-    finally:
-        mp.undo()
+    calls = _train_with_fake_fid(tr, lambda: (tr.global_iter,), lambda: 100.0 - tr.global_iter)
     assert calls == [(6, 6), (8, 8)]
     assert [r["step"] for r in stats_records(tmp_path / "run") if "eval/fid_5000" in r] == [6, 8]
     assert states(tmp_path / "run" / "ckpt" / "best")["best"]["iter"] == 8
