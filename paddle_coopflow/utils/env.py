@@ -19,21 +19,20 @@ def cpu_threads(requested: int = 0, world_size: int = 1) -> int:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)
-MALLOC_ENV = "PADDLE_COOPFLOW_MALLOC"    # "keep" turns keep_freed_memory on; anything else leaves malloc alone
+MALLOC_ENV = "PADDLE_COOPFLOW_MALLOC"    # "system" leaves glibc malloc alone; unset or "keep": keep_freed_memory
+MKL_CPU_ENV = "MKL_DEBUG_CPU_TYPE"       # read by the MKL that Paddle's CPU wheels ship (libmklml_intel.so)
 
 
 def keep_freed_memory() -> bool:
     """Make glibc malloc keep freed memory for reuse instead of handing it back to the OS.
 
-    Paddle's CPU tensors come from malloc; by default glibc serves blocks above its mmap threshold
-    (at most 32 MB) with a fresh mmap and unmaps them on free, so every large activation (a Flow++
-    attention matrix at batch 28 is 117 MB) page-faults in anew on each use. Measured on the machine
-    of docs/speed.md: allocating and filling 117 MB 89 ms → 19 ms, softmax over it 253 → 135 ms.
-    OPT-IN (PADDLE_COOPFLOW_MALLOC=keep): the process then keeps its peak heap, and its effect on peak
-    memory was not measured (paper-size Flow++ forward+backward at batch 28 exceeded 23 GiB and was
-    OOM-killed with and without it). Linux/glibc only. Returns True if applied.
+    Paddle's CPU tensors come from malloc, and every tensor of a few MB or more arrives as fresh pages that
+    fault in one by one (4,097 page faults for each 16 MB output of an elementwise op; PyTorch reuses its
+    blocks). With mmap off and a 1 GiB trim threshold the heap is reused: exp over 16 MB 16.2 → 4.3 ms,
+    Flow++ forward+backward (paper config, batch 4) 20 → 17 s at a 9% higher peak RSS (docs/speed.md,
+    "Memory"). On by default on Linux/glibc; PADDLE_COOPFLOW_MALLOC=system turns it off. Returns True if applied.
     """
-    if os.environ.get(MALLOC_ENV, "").lower() != "keep" or not sys.platform.startswith("linux"):
+    if os.environ.get(MALLOC_ENV, "keep").lower() != "keep" or not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
@@ -44,11 +43,39 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def cpu_vendor() -> str:
+    """The CPU vendor id from /proc/cpuinfo ('AuthenticAMD', 'GenuineIntel', ...), '' where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def mkl_avx2_on_amd() -> bool:
+    """On an AMD CPU, tell MKL to use its AVX2 kernels (MKL_DEBUG_CPU_TYPE=5) unless the variable is set.
+
+    The MKL in Paddle's CPU wheels dispatches AMD CPUs to its slow generic kernels: a 2048x512x512 matmul
+    took 32.7 ms against 8.4 ms with the variable (2 threads, AMD EPYC), and Paddle's CPU convolutions and
+    matmuls are MKL GEMMs (docs/paddle_notes.md, "MKL on AMD CPUs"). MKL reads the variable at its first
+    call, so this must run before any Paddle math (setup_threads does it first). Intel CPUs are left
+    alone (the variable would cap them at AVX2). Returns True if it set the variable.
+    """
+    if MKL_CPU_ENV in os.environ or cpu_vendor() != "AuthenticAMD":
+        return False
+    os.environ[MKL_CPU_ENV] = "5"
+    return True
+
+
 def setup_threads(requested: int = 0, world_size: int = 1) -> int:
     """Set Paddle's CPU math-library threads (default: all cores, split over ranks); applies
-    :func:`keep_freed_memory` when PADDLE_COOPFLOW_MALLOC=keep."""
+    :func:`mkl_avx2_on_amd` and :func:`keep_freed_memory` (call it before any Paddle math)."""
     import paddle
 
+    mkl_avx2_on_amd()
     keep_freed_memory()
     n = cpu_threads(requested, world_size)
     os.environ["OMP_NUM_THREADS"] = str(n)

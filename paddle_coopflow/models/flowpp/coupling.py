@@ -13,7 +13,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .mixture import mixture_inv_cdf, mixture_log_cdf, mixture_log_pdf, safe_log
+from .mixture import mixture_inv_cdf, mixture_log_pdf, mixture_log_pdf_and_cdf, safe_log
 from .nn import NN
 
 Pair = Tuple[paddle.Tensor, paddle.Tensor]
@@ -57,9 +57,10 @@ class Coupling(nn.Layer):
             ldj = a + F.softplus(v) + F.softplus(-v) + mixture_log_pdf(out, pi, mu, log_s)
             sldj = sldj - _sum_per_sample(ldj)
         else:
-            y1 = paddle.exp(mixture_log_cdf(x_change, pi, mu, log_s))
+            log_pdf, log_cdf = mixture_log_pdf_and_cdf(x_change, pi, mu, log_s)
+            y1 = paddle.exp(log_cdf)
             out = (-safe_log(1.0 / y1 - 1.0) + b) * paddle.exp(a)
-            ldj = mixture_log_pdf(x_change, pi, mu, log_s) - safe_log(y1) - safe_log(1.0 - y1) + a
+            ldj = log_pdf - safe_log(y1) - safe_log(1.0 - y1) + a
             sldj = sldj + _sum_per_sample(ldj)
         return (out, x_id), sldj
 

@@ -9,7 +9,8 @@ The inverse CDF has no closed form. `mixture_inv_cdf` dispatches on `method`:
   "newton": safeguarded Newton in the logit domain (see `_newton_inv_cdf`); typically 4-11
       cheaper evaluations, and accurate to float resolution where the reference is not.
 Both trace under `paddle.jit.to_static` (full_graph=True): see `_bisection_static` and
-`_newton_inv_cdf`. Eager "bisection" is bit-for-bit the official code's arithmetic.
+`_newton_inv_cdf`. Eager "bisection" is the official code's arithmetic (its log_softmax is
+computed along the last axis, equal to float32 rounding: see `_log_weights`).
 
 Why "newton" does not reproduce "bisection" to 1e-4 in images: the reference decides F(x) > y
 with F = exp(logsumexp(...)) in float32, whose absolute error (~2e-7 near F = 1, and dependent
@@ -59,8 +60,7 @@ def _logsumexp_axis1(x: paddle.Tensor) -> paddle.Tensor:
 
 def logistic_log_pdf(x: paddle.Tensor, mean: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
     """log of the logistic density: z - log s - 2 softplus(z), z = (x - mu)/s."""
-    z = (x - mean) * paddle.exp(-log_scale)
-    return z - log_scale - 2.0 * F.softplus(z)
+    return _log_pdf_of_z((x - mean) * paddle.exp(-log_scale), log_scale)
 
 
 def logistic_log_cdf(x: paddle.Tensor, mean: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
@@ -68,18 +68,50 @@ def logistic_log_cdf(x: paddle.Tensor, mean: paddle.Tensor, log_scale: paddle.Te
     return F.log_sigmoid((x - mean) * paddle.exp(-log_scale))
 
 
+def _log_pdf_of_z(z: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
+    return z - log_scale - 2.0 * F.softplus(z)
+
+
+def _log_weights(logits: paddle.Tensor) -> paddle.Tensor:
+    """log_softmax over the K components (axis 1) of [N, K, ...] logits.
+
+    Computed with K moved last: Paddle's log_softmax (and its gradient) along axis 1 of a 5-D tensor
+    is ~6x slower than along the last axis plus the two transposes (docs/paddle_notes.md, "Slow
+    broadcasts and reductions along inner axes"). Equal to F.log_softmax(logits, axis=1) to float32
+    rounding (the kernels sum in another order)."""
+    perm = [0] + list(range(2, logits.ndim)) + [1]
+    back = [0, logits.ndim - 1] + list(range(1, logits.ndim - 1))
+    return F.log_softmax(logits.transpose(perm), axis=-1).transpose(back)
+
+
+def _z(x: paddle.Tensor, means: paddle.Tensor, log_scales: paddle.Tensor) -> paddle.Tensor:
+    """z_k = (x - mu_k) / s_k for x [N, C, H, W] and [N, K, C, H, W] parameters.
+
+    x is tiled over K explicitly: Paddle's implicit broadcast of [N, 1, ...] against [N, K, ...]
+    (and its gradient) is ~5x slower than a tile and a same-shape subtraction (docs/paddle_notes.md)."""
+    x_k = x.unsqueeze(1).tile([1, means.shape[1]] + [1] * (x.ndim - 1))
+    return (x_k - means) * paddle.exp(-log_scales)
+
+
 def mixture_log_pdf(x: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor,
                     log_scales: paddle.Tensor) -> paddle.Tensor:
     """log sum_k pi_k Logistic(x; mu_k, s_k). x [N,C,H,W], params [N,K,C,H,W] -> [N,C,H,W]."""
-    log_ps = F.log_softmax(logits, axis=1) + logistic_log_pdf(x.unsqueeze(1), means, log_scales)
-    return _logsumexp_axis1(log_ps)
+    return _logsumexp_axis1(_log_weights(logits) + _log_pdf_of_z(_z(x, means, log_scales), log_scales))
 
 
 def mixture_log_cdf(x: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor,
                     log_scales: paddle.Tensor) -> paddle.Tensor:
     """log sum_k pi_k sigmoid((x - mu_k)/s_k), computed in log space. Shapes as mixture_log_pdf."""
-    log_ps = F.log_softmax(logits, axis=1) + logistic_log_cdf(x.unsqueeze(1), means, log_scales)
-    return _logsumexp_axis1(log_ps)
+    return _logsumexp_axis1(_log_weights(logits) + F.log_sigmoid(_z(x, means, log_scales)))
+
+
+def mixture_log_pdf_and_cdf(x: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor,
+                            log_scales: paddle.Tensor):
+    """(mixture_log_pdf, mixture_log_cdf) of the same x, sharing log pi_k and z_k (the coupling's forward
+    needs both: Ho et al. 2019, Sec. 3.1, the CDF and its log-det). Shapes as mixture_log_pdf."""
+    log_w, z = _log_weights(logits), _z(x, means, log_scales)
+    return (_logsumexp_axis1(log_w + _log_pdf_of_z(z, log_scales)),
+            _logsumexp_axis1(log_w + F.log_sigmoid(z)))
 
 
 def _bisection_bracket(logits, means, log_scales):

@@ -70,7 +70,10 @@ class WeightNormConv2D(nn.Layer):
         return weight_norm_weight(self.weight_g, self.weight_v, (1, 2, 3))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        out = F.conv2d(x, self.weight, padding=self.padding)
+        # The bias as [C, 1, 1]: F.conv2d adds it as [1, C, 1, 1], which Paddle broadcasts (forward and
+        # gradient) ~10x slower (docs/paddle_notes.md, "Slow broadcasts and reductions along inner axes").
+        return out if self.bias is None else out + self.bias.reshape([-1, 1, 1])
 
 
 class WeightNormLinear(nn.Layer):
