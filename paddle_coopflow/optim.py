@@ -156,7 +156,9 @@ def grad_global_norm(params: Iterable[paddle.Tensor]) -> float:
     grads = _grads(params)
     if not grads:
         return 0.0
-    sq = paddle.add_n([(g.astype("float32") ** 2).sum() for g in grads])
+    # paddle.square, not ** 2: Paddle's pow kernel took 884 ms for the paper nets' 46M gradients, square 41 ms
+    # (the same float32 value: both are the correctly rounded g·g).
+    sq = paddle.add_n([paddle.square(g.astype("float32")).sum() for g in grads])
     return math.sqrt(float(sq.item()))
 
 

@@ -15,7 +15,8 @@ from scipy.special import expit
 from paddle_coopflow.models import FlowPlusPlus
 from paddle_coopflow.models.flowpp import data_init
 from paddle_coopflow.models.flowpp.act_norm import ActNorm
-from paddle_coopflow.models.flowpp.mixture import mixture_inv_cdf, mixture_log_cdf, mixture_log_pdf
+from paddle_coopflow.models.flowpp.mixture import (mixture_inv_cdf, mixture_log_cdf, mixture_log_pdf,
+                                                  mixture_log_pdf_and_cdf)
 from paddle_coopflow.models.flowpp.nn import NN, GatedAttn, Rescale
 from paddle_coopflow.models.flowpp.splits import (channelwise, channelwise_inverse, checkerboard,
                                                   checkerboard_inverse, squeeze, unsqueeze)
@@ -210,6 +211,21 @@ def test_mixture_bisection_matches_brentq():
     args = [_t(a) for a in (xq, logits, means, log_s)]
     np.testing.assert_allclose(mixture_log_cdf(*args).numpy(), ref_cdf, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mixture_log_pdf(*args).numpy(), ref_pdf, rtol=1e-10, atol=1e-12)
+    both = mixture_log_pdf_and_cdf(*args)          # the coupling's forward: both from shared log pi, z
+    np.testing.assert_allclose(both[0].numpy(), ref_pdf, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(both[1].numpy(), ref_cdf, rtol=1e-10, atol=1e-12)
+    # float32 (the training dtype): values and gradients against the float64 computation.
+    a32 = [_t(a, "float32") for a in (xq, logits, means, log_s)]
+    a64 = [_t(a) for a in (xq, logits, means, log_s)]
+    for t in a32 + a64:
+        t.stop_gradient = False
+    grads = []
+    for a in (a32, a64):
+        pdf, cdf = mixture_log_pdf_and_cdf(*a)
+        (pdf.sum() + 0.5 * cdf.sum()).backward()
+        grads.append([t.grad.numpy().astype("float64") for t in a])
+    for g32, g64 in zip(*grads):
+        assert np.abs(g32 - g64).max() <= 1e-5 * (1.0 + np.abs(g64).max())
     with pytest.raises(ValueError, match="0 < y < 1"):
         mixture_inv_cdf(_t(np.ones((n, c, h, w))), *args[1:])
 
