@@ -61,7 +61,8 @@ def mkl_avx2_on_amd() -> bool:
     The MKL in Paddle's CPU wheels dispatches AMD CPUs to its slow generic kernels: a 2048x512x512 matmul
     took 32.7 ms against 8.4 ms with the variable (2 threads, AMD EPYC), and Paddle's CPU convolutions and
     matmuls are MKL GEMMs (docs/paddle_notes.md, "MKL on AMD CPUs"). MKL reads the variable at its first
-    call, so this must run before any Paddle math (setup_threads does it first). Intel CPUs are left
+    call, so this must run before any Paddle math: `import paddle_coopflow` calls it (and setup_threads again),
+    so every process that imports the package before computing uses the same kernels. Intel CPUs are left
     alone (the variable would cap them at AVX2). Returns True if it set the variable.
     """
     if MKL_CPU_ENV in os.environ or cpu_vendor() != "AuthenticAMD":
