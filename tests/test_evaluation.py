@@ -172,10 +172,13 @@ def test_samples_do_not_depend_on_batch_size(run, nets):
     flow, ebm = nets
     a = ev.generate_samples(flow, ebm, run[2], 5, batch_size=2, seed=3)
     b = ev.generate_samples(flow, ebm, run[2], 5, batch_size=5, seed=3)
-    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
-    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+    # Equal up to float32 rounding, which depends on the batch size (MKL blocks its GEMMs by shape) and
+    # which the flow's inverse amplifies: measured 3.7e-6 with MKL's AVX2 kernels. A wrong noise slice or
+    # batch coupling would move samples by O(1).
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
     z = np.random.RandomState(3).randn(5, 1, 16, 16).astype("float32")  # the documented noise source
-    np.testing.assert_allclose(a[0], flow.inverse(paddle.to_tensor(z)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(a[0], flow.inverse(paddle.to_tensor(z)).numpy(), atol=1e-5)
 
 
 def test_config_from_checkpoint_when_c_is_omitted(run):
