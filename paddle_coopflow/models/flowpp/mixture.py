@@ -58,17 +58,8 @@ def _logsumexp_axis1(x: paddle.Tensor) -> paddle.Tensor:
     return out.reshape([0] + list(shape[2:]))
 
 
-def logistic_log_pdf(x: paddle.Tensor, mean: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
-    """log of the logistic density: z - log s - 2 softplus(z), z = (x - mu)/s."""
-    return _log_pdf_of_z((x - mean) * paddle.exp(-log_scale), log_scale)
-
-
-def logistic_log_cdf(x: paddle.Tensor, mean: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
-    """log sigmoid((x - mu)/s)."""
-    return F.log_sigmoid((x - mean) * paddle.exp(-log_scale))
-
-
 def _log_pdf_of_z(z: paddle.Tensor, log_scale: paddle.Tensor) -> paddle.Tensor:
+    """log of the logistic density at z = (x - mu)/s: z - log s - 2 softplus(z)."""
     return z - log_scale - 2.0 * F.softplus(z)
 
 
