@@ -70,7 +70,8 @@ def profile(name: str, one_pass, rows: int) -> None:
     if name == "paddle":
         import paddle.profiler as pp
 
-        prof = pp.Profiler(targets=[pp.ProfilerTarget.CPU])
+        # on_trace_ready: without it Paddle writes a chrome trace into ./profiler_log/
+        prof = pp.Profiler(targets=[pp.ProfilerTarget.CPU], on_trace_ready=lambda _: None)
         prof.start()
         one_pass()
         prof.stop()
