@@ -1,4 +1,4 @@
-"""Process-level Paddle set-up: threads, device, seeds.
+"""Process-level Paddle set-up: threads, MKL's kernels on AMD CPUs, malloc reuse, device, seeds.
 
 Paddle forces one CPU thread (docs/paddle_notes.md, "Threads"); training and sampling want all cores.
 """
