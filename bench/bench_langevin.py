@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
-from paddle_coopflow.utils.env import seed_everything, setup_threads  # noqa: E402
+from paddle_coopflow.utils.env import cpuinfo, seed_everything, setup_threads  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,14 +60,7 @@ def _rss_mb() -> float:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    return cpuinfo("model name") or platform.processor() or "?"
 
 
 def _timed(fn):

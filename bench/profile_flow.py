@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         raise UserError(f"{args.config}: Flow.arch must be flowpp (the twin is Flow++), got {cfg.Flow.arch}")
     from paddle_coopflow.utils.env import setup_threads
 
-    setup_threads(args.threads)   # first: MKL reads its CPU-type variable at its first call
+    setup_threads(args.threads)
     if args.only != "paddle":
         try:
             import torch

@@ -30,7 +30,7 @@ def keep_freed_memory() -> bool:
     fault in one by one (4,097 page faults for each 16 MB output of an elementwise op; PyTorch reuses its
     blocks). With mmap off and a 1 GiB trim threshold the heap is reused: exp over 16 MB 16.2 → 4.3 ms,
     Flow++ forward+backward (paper config, batch 4) 20 → 17 s at a 9% higher peak RSS (docs/speed.md,
-    "Memory"). On by default on Linux/glibc; PADDLE_COOPFLOW_MALLOC=system turns it off. Returns True if applied.
+    "Memory reuse"). On by default on Linux/glibc; PADDLE_COOPFLOW_MALLOC=system turns it off. Returns True if applied.
     """
     if os.environ.get(MALLOC_ENV, "keep").lower() != "keep" or not sys.platform.startswith("linux"):
         return False
@@ -43,16 +43,21 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def cpu_vendor() -> str:
-    """The CPU vendor id from /proc/cpuinfo ('AuthenticAMD', 'GenuineIntel', ...), '' where unknown."""
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ('vendor_id', 'model name', ...), '' where unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id ('AuthenticAMD', 'GenuineIntel', ...), '' where unknown."""
+    return cpuinfo("vendor_id")
 
 
 def mkl_avx2_on_amd() -> bool:
@@ -61,8 +66,8 @@ def mkl_avx2_on_amd() -> bool:
     The MKL in Paddle's CPU wheels dispatches AMD CPUs to its slow generic kernels: a 2048x512x512 matmul
     took 32.7 ms against 8.4 ms with the variable (2 threads, AMD EPYC), and Paddle's CPU convolutions and
     matmuls are MKL GEMMs (docs/paddle_notes.md, "MKL on AMD CPUs"). MKL reads the variable at its first
-    call, so this must run before any Paddle math: `import paddle_coopflow` calls it (and setup_threads again),
-    so every process that imports the package before computing uses the same kernels. Intel CPUs are left
+    call, so this must run before any Paddle math: `import paddle_coopflow` calls it, so every process that
+    imports the package before computing uses the same kernels. Intel CPUs are left
     alone (the variable would cap them at AVX2). Returns True if it set the variable.
     """
     if MKL_CPU_ENV in os.environ or cpu_vendor() != "AuthenticAMD":
@@ -73,10 +78,9 @@ def mkl_avx2_on_amd() -> bool:
 
 def setup_threads(requested: int = 0, world_size: int = 1) -> int:
     """Set Paddle's CPU math-library threads (default: all cores, split over ranks); applies
-    :func:`mkl_avx2_on_amd` and :func:`keep_freed_memory` (call it before any Paddle math)."""
+    :func:`keep_freed_memory`. (MKL's kernels were chosen at `import paddle_coopflow`: :func:`mkl_avx2_on_amd`.)"""
     import paddle
 
-    mkl_avx2_on_amd()
     keep_freed_memory()
     n = cpu_threads(requested, world_size)
     os.environ["OMP_NUM_THREADS"] = str(n)
