@@ -70,3 +70,19 @@ def test_static_program_uses_paddles_dropout():
     assert set(np.unique(y)) == {0.0, 2.0}
     ops = [op.name() for op in static.forward.concrete_program.main_program.global_block().ops]
     assert "pd_op.dropout" in ops
+
+
+def test_mask_does_not_depend_on_threads(monkeypatch):
+    """Large masks are made in two threads, one stream per half: the same bits as made one half after the other,
+    and the two halves are not copies of each other."""
+    from paddle_coopflow.models.flowpp import dropout as mod
+
+    shape = [2, 3, 300, 301]                       # 541,800 elements, above PARALLEL_MIN, odd halves
+    assert np.prod(shape) >= mod.PARALLEL_MIN
+    threaded = mod.keep_mask(shape, 0.25, 123)
+    monkeypatch.setattr(mod, "PARALLEL_MIN", 10 ** 12)
+    serial = mod.keep_mask(shape, 0.25, 123)
+    assert np.array_equal(threaded, serial)
+    flat = serial.reshape(-1)
+    h = (flat.size + 1) // 2
+    assert not np.array_equal(flat[:h - 1], flat[h:])
