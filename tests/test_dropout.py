@@ -86,3 +86,22 @@ def test_mask_does_not_depend_on_threads(monkeypatch):
     flat = serial.reshape(-1)
     h = (flat.size + 1) // 2
     assert not np.array_equal(flat[:h - 1], flat[h:])
+
+
+def test_strided_view_input():
+    """With Paddle's strided views on, a transposed input is read through its strides (numpy via DLPack): kept
+    elements are x / (1 - p) at their own positions and the gradient lands on the right elements."""
+    before = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    paddle.set_flags({"FLAGS_use_stride_kernel": True})
+    try:
+        base = _x([6, 5, 4])
+        x = base.transpose([2, 0, 1])
+        assert not x.is_contiguous()
+        y = dropout(x, 0.5)
+        kept = y.numpy() != 0
+        np.testing.assert_array_equal(y.numpy()[kept], x.numpy()[kept] * 2.0)
+        w = np.arange(120, dtype="float32").reshape(4, 6, 5)
+        (y * paddle.to_tensor(w)).sum().backward()
+        np.testing.assert_array_equal(base.grad.numpy().transpose(2, 0, 1), np.where(kept, 2.0 * w, 0.0))
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": before})

@@ -12,7 +12,7 @@ docs/speed.md, "Where the flow's time goes"). `dropout` draws the same distribut
   elements from its own stream, made in two threads: 6.5 ms for 4.2M elements); an element is kept where its bits are >= round(p * 2**32), i.e. with probability
   1 - round(p * 2**32) / 2**32 (1 - p to 2.3e-10);
 * the boolean mask is what the backward keeps (one byte per element, like Paddle's dropout); each direction
-  multiplies by the mask scaled to 0 or 1 / (1 - p) in x's dtype, shared with Paddle without a copy (DLPack).
+  multiplies in numpy on the tensor's buffer, shared with Paddle without a copy (DLPack), in two threads.
 
 Elsewhere (a GPU tensor; a static program, where numpy cannot run) it is `F.dropout` itself.
 """
@@ -34,26 +34,32 @@ PARALLEL_MIN = 2 ** 18   # elements from which a mask is made in two threads
 class _Dropout(PyLayer):
     """x * m / (1 - p) for a numpy keep-mask m; the gradient g * m / (1 - p) for x.
 
-    The context keeps the boolean mask (one byte per element, as Paddle's dropout keeps its mask); the scaled
-    float mask is formed in each direction and shared with Paddle without a copy (DLPack).
+    The context keeps the boolean mask (one byte per element, as Paddle's dropout keeps its mask). Both
+    directions multiply in numpy on the tensor's buffer (DLPack, no copy), in two threads: Paddle's CPU
+    multiply runs on one.
     """
 
     @staticmethod
     def forward(ctx, x: paddle.Tensor, keep: np.ndarray, scale: float) -> paddle.Tensor:
         ctx.keep, ctx.scale = keep, scale
-        return x * _scaled(keep, scale, x.dtype)
+        return _masked(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: paddle.Tensor) -> paddle.Tensor:
-        return grad * _scaled(ctx.keep, ctx.scale, grad.dtype)
+        return _masked(grad, ctx.keep, ctx.scale)
 
 
-def _scaled(keep: np.ndarray, scale: float, dtype) -> paddle.Tensor:
-    """`scale` where kept, 0 elsewhere, as a Paddle tensor of `dtype` on the numpy buffer."""
-    out = np.empty(keep.shape, dtype=np.dtype(str(dtype).replace("paddle.", "")))
-    flat_keep, flat_out = keep.reshape(-1), out.reshape(-1)
-    _in_halves(lambda lo, hi: np.multiply(flat_keep[lo:hi], scale, out=flat_out[lo:hi]), keep.size)
-    return from_dlpack(out)
+def _masked(t: paddle.Tensor, keep: np.ndarray, scale: float) -> paddle.Tensor:
+    """t * keep * scale (t's dtype) as a Paddle tensor on a numpy buffer: t where kept times scale, 0 elsewhere."""
+    src = np.ascontiguousarray(np.from_dlpack(t.detach())).reshape(-1)
+    flat_keep, out = keep.reshape(-1), np.empty_like(src)
+
+    def fill(lo: int, hi: int) -> None:
+        np.multiply(src[lo:hi], flat_keep[lo:hi], out=out[lo:hi])
+        np.multiply(out[lo:hi], scale, out=out[lo:hi])
+
+    _in_halves(fill, src.size)
+    return from_dlpack(out.reshape(keep.shape))
 
 
 def _in_halves(fill: Callable[[int, int], object], n: int) -> None:
