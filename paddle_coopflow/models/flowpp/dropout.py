@@ -9,10 +9,11 @@ docs/speed.md, "Where the flow's time goes"). `dropout` draws the same distribut
   resume) and the RNG replay of `paddle.distributed.fleet.utils.recompute` fix the masks as they fix Paddle's
   own;
 * 32 random bits per element from numpy's PCG64 seeded with it (`bit_generator.random_raw`; each half of the
-  elements from its own stream, made in two threads: 6.5 ms for 4.2M elements); an element is kept where its bits are >= round(p * 2**32), i.e. with probability
-  1 - round(p * 2**32) / 2**32 (1 - p to 2.3e-10);
+  elements from its own stream, made in two threads: 6.5 ms for 4.2M elements); an element is kept where its
+  bits are >= round(p * 2**32), i.e. with probability 1 - round(p * 2**32) / 2**32 (1 - p to 2.3e-10);
 * the boolean mask is what the backward keeps (one byte per element, like Paddle's dropout); each direction
-  multiplies in numpy on the tensor's buffer, shared with Paddle without a copy (DLPack), in two threads.
+  multiplies in numpy on the tensor's buffer, shared with Paddle without a copy (DLPack), in two threads:
+  13.7 ms forward, 21.4 ms forward + backward against Paddle's 62 and 65 ms.
 
 Elsewhere (a GPU tensor; a static program, where numpy cannot run) it is `F.dropout` itself.
 """
