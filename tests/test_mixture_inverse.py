@@ -179,7 +179,7 @@ def test_newton_flow_samples_match_the_exact_inverse(seed, monkeypatch):
     """Images from a tiny flow, each method against the exact inverse of every float32 coupling
     (the reference bisection run in float64: independent of the Newton method).
 
-    The reference's own float32 error (exp(log F) near F = 1) moves its images by 2e-4..9e-4 on
+    The reference's own float32 error (exp(log F) near F = 1) moves its images by 4e-4..2e-3 on
     these flows, so "newton vs bisection <= 1e-4" cannot hold for any accurate method; the newton
     images are instead checked against the exact inverse, and to be no worse than the reference.
     """
@@ -197,7 +197,9 @@ def test_newton_flow_samples_match_the_exact_inverse(seed, monkeypatch):
     diff = float(np.abs(images["newton"] - images["bisection"]).max())
     print(f"seed {seed}: max |image - exact|: {err}; max |newton - bisection| {diff:.1e}")
     assert err["newton"] <= 3e-5 and err["newton"] <= err["bisection"]
-    assert diff <= 2e-3
+    # The methods differ by the reference's own float32 error: 3.8e-4 and 2.1e-3 on these two flows, 6.2e-3 on
+    # the paper flow (docs/speed.md); a broken bisection would differ by O(1).
+    assert diff <= 1e-2
 
 
 class _Sampler(paddle.nn.Layer):
