@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -8,4 +10,26 @@ if ROOT not in sys.path:
 
 import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
 
+# Real data sets stay out of the repository: the tests that need them skip when this folder is absent.
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+CIFAR_SAMPLE = os.path.join(SHARED_DATA, "cifar10_sample")
+NO_CIFAR_SAMPLE = "needs the CIFAR-10 sample images in ../shared/data/cifar10_sample (CIFAR-10 is not in the repository)"
+# The official code's tiny checkpoints, outputs and key lists (tests/fixtures/README.md).
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+OFFICIAL_TINY = os.path.join(FIXTURES, "official_tiny")
+OFFICIAL_FLOWPP_KEYS = os.path.join(FIXTURES, "official_torch_flowpp_keys.tsv")
+OFFICIAL_EBM_KEYS = os.path.join(FIXTURES, "official_torch_ebm_keys.tsv")
+
+
+@pytest.fixture
+def rgb_image_folder(tmp_path):
+    """A folder of 16 random 32x32 RGB PNGs in two class folders: an image-folder data set for short runs."""
+    import numpy as np
+    from PIL import Image
+
+    rs = np.random.RandomState(0)
+    for i in range(16):
+        path = tmp_path / "images" / f"class{i % 2}" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rs.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    return str(tmp_path / "images")

@@ -2,7 +2,7 @@
 
 Reference data: tiny checkpoints written by the official PyTorch code in its three layouts (CoopFlow zip
 with 'module.', CoopFlow legacy without, pre-trained Flow++ 'net') and the official networks' outputs on
-fixed inputs. It lives outside the repository; every test here is skipped when it is absent.
+fixed inputs, in tests/fixtures (its README says how they were made).
 
 The official dequantization flow always has 32 mixture components, whatever the main flow's; the tiny
 files have 4 in the main flow, so their config sets Flow.num_dequant_components=32.
@@ -18,6 +18,7 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import FIXTURES, OFFICIAL_TINY
 from paddle_coopflow import official
 from paddle_coopflow.builder import load_trained
 from paddle_coopflow.config import load_config
@@ -25,12 +26,9 @@ from paddle_coopflow.errors import UserError
 from paddle_coopflow.langevin import langevin_flow
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
-TINY = REF / "official_tiny"
-CIFAR_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_sample"
+REF = Path(FIXTURES)
+TINY = Path(OFFICIAL_TINY)
 FILES = {"coopflow_zip": False, "coopflow_legacy": False, "flow_only": True}  # name -> flow_only
-
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="official reference checkpoints not available")
 
 OFFICIAL_DEQUANT_COMPONENTS = 32
 DEQUANT_COMPONENTS_KEY = "num_dequant_components"
@@ -261,15 +259,14 @@ def test_convert_then_sample(tmp_path, tiny_yaml, ref):
         assert s["coopflow"].shape == (4, 3, 32, 32) and np.abs(s["coopflow"]).max() <= 1.0
 
 
-@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="CIFAR-10 sample image folder not available")
-def test_flow_only_as_init_flow_for_warmup(tmp_path, tiny_yaml):
+def test_flow_only_as_init_flow_for_warmup(tmp_path, tiny_yaml, rgb_image_folder):
     """convert --flow-only → tools/train.py -o Train.init_flow=PREFIX: 2 warm-up iterations keep that flow."""
     prefix = tmp_path / "conv" / "flow"
     _convert_tool(TINY / "flow_only.pth.tar", prefix, tiny_yaml, "--flow-only")
     run = tmp_path / "run"
     r = _tool("train.py", "-c", tiny_yaml, "-o", f"Train.init_flow={prefix}", "-o", "Train.pretrain_epochs=0",
               "-o", "Train.warmup_epochs=1", "-o", "Train.coop_epochs=1", "-o", "Train.max_iters=2",
-              "-o", "Train.batch_size=4", "-o", "Data.name=folder", "-o", f"Data.root={CIFAR_SAMPLE}",
+              "-o", "Train.batch_size=4", "-o", "Data.name=folder", "-o", f"Data.root={rgb_image_folder}",
               "-o", f"Global.output_dir={run}")
     assert r.returncode == 0, r.stderr
     assert "flow initialised from" in (run / "train.log").read_text()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import CIFAR_SAMPLE, NO_CIFAR_SAMPLE
 from paddle_coopflow.data import (DatasetError, EpochBatchSampler, build_dataloader,
                                   build_dataset, load_images)
 from paddle_coopflow.data.base import ArrayDataset
@@ -436,10 +436,7 @@ def test_load_images_shuffle(cifar):
 
 
 # ----------------------------------------------------------------------------- shared sample
-CIFAR_SAMPLE = os.path.join(SHARED_DATA, "cifar10_sample")
-
-
-@pytest.mark.skipif(not os.path.isdir(CIFAR_SAMPLE), reason="../shared/data/cifar10_sample absent")
+@pytest.mark.skipif(not os.path.isdir(CIFAR_SAMPLE), reason=NO_CIFAR_SAMPLE)
 def test_shared_cifar10_sample_as_folder():
     ds = build_dataset(cfg(name="folder", root=CIFAR_SAMPLE), "train")
     assert len(ds) == 1000 and len(ds.classes) == 10 and ds.classes[0] == "airplane"

@@ -1,15 +1,12 @@
 """EBM architectures: parameter counts and keys of the official code, output shapes, init, double backward, the hand-written input gradient."""
 import math
-import os
 
 import numpy as np
 import paddle
 import pytest
 
+from conftest import OFFICIAL_EBM_KEYS as KEYS_TSV
 from paddle_coopflow.models.ebm import EBMMLP, EBMPlain, EBMRes, build_ebm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS_TSV = os.path.join(ROOT, "..", "shared", "reference", "official_torch_ebm_keys.tsv")
 
 
 def _count(m):
@@ -21,7 +18,6 @@ def test_param_counts_match_the_official_models():
     assert _count(EBMPlain(3, 128)) == 12_653_924
 
 
-@pytest.mark.skipif(not os.path.exists(KEYS_TSV), reason="official key list not present")
 def test_state_dict_keys_and_shapes_match_official():
     rows = [l.rstrip("\n").split("\t") for l in open(KEYS_TSV) if l.strip() and not l.startswith("#")]
     ref = {k: tuple(int(d) for d in s.strip("()").split(",") if d.strip()) for k, s in rows[1:]}

@@ -4,7 +4,6 @@ Jacobians, scipy root finding), index conventions, parameter count, and API cont
 All flows here are tiny (8x8 images, width 8, one block, K = 3) so the file runs in seconds.
 """
 import math
-import os
 
 import numpy as np
 import paddle
@@ -12,6 +11,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from conftest import OFFICIAL_FLOWPP_KEYS as REF_KEYS
 from paddle_coopflow.models import FlowPlusPlus
 from paddle_coopflow.models.flowpp import data_init
 from paddle_coopflow.models.flowpp.act_norm import ActNorm
@@ -22,8 +22,6 @@ from paddle_coopflow.models.flowpp.splits import (channelwise, channelwise_inver
                                                   checkerboard_inverse, squeeze, unsqueeze)
 from paddle_coopflow.models.flowpp.weight_norm import WeightNormConv2D, WeightNormLinear
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF_KEYS = os.path.join(ROOT, "..", "shared", "reference", "official_torch_flowpp_keys.tsv")
 
 TINY = dict(in_shape=(3, 8, 8), scales=((0, 2), (2, 2)), mid_channels=8, num_blocks=1,
             num_components=3, num_dequant_blocks=1, drop_prob=0.2)
@@ -69,7 +67,6 @@ def test_parameter_count_cifar_config():
     assert not flow.is_initialized
 
 
-@pytest.mark.skipif(not os.path.exists(REF_KEYS), reason="reference key list not available")
 def test_state_dict_mirrors_reference_layout():
     """Same keys as the official PyTorch model; shapes equal except Linear weights (transposed in Paddle)."""
     ref = {}

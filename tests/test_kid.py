@@ -1,15 +1,14 @@
 """KID (paddle_coopflow/metrics/kid.py) and the offline proxy measure of bench/quality."""
 import json
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CIFAR_SAMPLE, NO_CIFAR_SAMPLE
 from paddle_coopflow.errors import UserError
 from paddle_coopflow.metrics.kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------------- KID
@@ -224,11 +223,11 @@ def test_train_classifier_tiny_run(tmp_path):
     assert not (tmp_path / "out2").exists()  # failed before anything was decoded or written
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10_sample").is_dir(), reason="shared CIFAR-10 folder absent")
+@pytest.mark.skipif(not os.path.isdir(CIFAR_SAMPLE), reason=NO_CIFAR_SAMPLE)
 def test_real_cifar_folder_loads_per_class():
     from bench.quality.data import load_class_folder
 
-    images, labels, classes = load_class_folder(str(SHARED_DATA / "cifar10_sample"), per_class=2)
+    images, labels, classes = load_class_folder(CIFAR_SAMPLE, per_class=2)
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
     assert len(classes) == 10 and np.bincount(labels).tolist() == [2] * 10
     assert images.std() > 20  # real pictures, not blanks
