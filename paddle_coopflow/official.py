@@ -89,14 +89,18 @@ def read_official(path: str) -> OfficialCheckpoint:
         The networks' state dicts with ``module.`` stripped.
 
     Raises:
-        UserError: missing, unreadable or truncated file, or a torch file of another kind.
+        UserError: missing, unreadable or truncated file, a file naming anything but tensors and
+            plain data (refused by the allow-list, nothing run), or a torch file of another kind.
     """
     from .utils.pth_reader import load_pth
+    from .utils.safe_pickle import PickleRefused
 
     if not os.path.isfile(path):
         raise UserError(f"official checkpoint not found: {path}")
     try:
         obj = load_pth(path)
+    except PickleRefused as err:
+        raise UserError(f"{path} refused, nothing in it was run: {' '.join(str(err).split())}") from None
     except Exception as err:  # any failure of the reader means the file is not a usable checkpoint
         reason = " ".join(str(err).split()) or type(err).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated download or another "

@@ -5,7 +5,9 @@
     python tools/convert_official.py --src flow_ckpt/cifar10.pth.tar --dst pretrained/cifar10_flow \\
         -c configs/cifar10_pre.yaml --flow-only
 
-The file (torch zip or legacy serialisation, keys with or without 'module.') is read without torch.
+The file (torch zip or legacy serialisation, keys with or without 'module.') is read without torch,
+with an allow-list unpickler: a file that names anything but tensors and plain data is refused and
+nothing in it runs.
 Every key and shape is checked against the networks the config builds; a mismatch is one line naming
 the first differing key, both shapes and the config values the file was trained with. Nothing is
 written unless everything fits.

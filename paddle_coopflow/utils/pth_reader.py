@@ -17,20 +17,24 @@ In both, a tensor is `torch._utils._rebuild_tensor_v2(storage, offset, size,
 stride, ...)`: a strided view (offsets and strides in elements) into a
 storage that several tensors may share.
 
-The unpickler only resolves the globals a state dict needs (tensor rebuild
-functions, storage types, OrderedDict); anything else is refused, so loading
-an untrusted file cannot run code.
+Every pickle in both layouts (the five of the legacy one included) is read with
+:mod:`paddle_coopflow.utils.safe_pickle`'s allow-list, extended here by torch's tensor rebuild
+functions and storage types only; any other global is refused, so loading an untrusted file cannot
+run code. Every size read from the file is checked against the file's size before it is used.
 """
 from __future__ import annotations
 
 import collections
 import io
-import pickle
+import os
 import struct
 import zipfile
 from typing import Any, Callable, Dict
 
 import numpy as np
+
+from . import safe_pickle
+from .safe_pickle import Call, PickleRefused, Stub, refuse
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -57,9 +61,14 @@ class PthReadError(ValueError):
 class _StorageType:
     """Stand-in for a `torch.<X>Storage` class: only its dtype matters."""
 
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name: str):
         self.name = name
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+    def __setstate__(self, state) -> None:
+        raise refuse(f"refusing state for torch.{self.name}")
 
 
 class _Storage:
@@ -71,16 +80,28 @@ class _Storage:
         self.data: np.ndarray | None = None
 
 
-class _LazyTensor:
-    """A tensor recorded during unpickling, materialised once storages are read."""
+def _ints(x, what: str) -> tuple:
+    if not isinstance(x, (tuple, list)) or not all(type(v) is int for v in x):
+        raise refuse(f"refusing a torch tensor whose {what} is not a tuple of integers")
+    return tuple(x)
+
+
+class _LazyTensor(Stub):
+    """A tensor recorded during unpickling, built by safe_pickle.materialise once storages are read."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage: _Storage, offset: int, size, stride):
+        if not isinstance(storage, _Storage) or type(offset) is not int:
+            raise refuse("refusing a torch tensor that is not (storage, offset, size, stride)")
         self.storage = storage
-        self.offset = int(offset)
-        self.size = tuple(int(s) for s in size)
-        self.stride = tuple(int(s) for s in stride)
+        self.offset = offset
+        self.size = _ints(size, "size")
+        self.stride = _ints(stride, "stride")
+        if len(self.size) != len(self.stride):
+            raise PthReadError(f"tensor size {self.size} and stride {self.stride} differ in length")
 
-    def materialise(self) -> np.ndarray:
+    def build(self) -> np.ndarray:
         base = self.storage.data
         if base is None:
             raise PthReadError("tensor refers to a storage whose data is missing")
@@ -110,35 +131,24 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
     return data  # nn.Parameter wraps a tensor; the tensor is all we keep
 
 
-_GLOBALS: Dict[tuple, Callable] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+_TORCH_GLOBALS: Dict[tuple, Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): Call(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor"): Call(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): Call(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): Call(_rebuild_parameter),
+    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    """Resolves torch globals to the stand-ins above; storages via `load_storage`."""
+def _unpickler(fh, load_storage: Callable[[tuple], _Storage]) -> safe_pickle.Unpickler:
+    """The allow-list unpickler with torch's names; storages (persistent ids) via `load_storage`."""
 
-    def __init__(self, fh, load_storage: Callable[[tuple], _Storage]):
-        super().__init__(fh)
-        self._load_storage = load_storage
+    def persistent_load(pid):
+        if not isinstance(pid, tuple) or len(pid) < 5 or _text(pid[0]) != "storage":
+            raise refuse(f"refusing persistent id {pid!r:.80}")
+        return load_storage(pid)
 
-    def find_class(self, module: str, name: str):
-        if (module, name) in _GLOBALS:
-            return _GLOBALS[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: only tensors, storages and "
-            "(Ordered)dicts are supported")
-
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or _text(pid[0]) != "storage":
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        return self._load_storage(pid)
+    return safe_pickle.Unpickler(fh, _TORCH_GLOBALS, persistent_load)
 
 
 def _text(x) -> str:
@@ -147,35 +157,27 @@ def _text(x) -> str:
 
 def _storage_dtype(storage_type, byteorder: str) -> np.dtype:
     if not isinstance(storage_type, _StorageType):
-        raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+        raise refuse(f"refusing storage type {storage_type!r:.80}")
     return storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
 
 
-def _materialise(obj):
-    """Replace every _LazyTensor inside (Ordered)dicts, lists and tuples by an array."""
-    if isinstance(obj, _LazyTensor):
-        return obj.materialise()
-    if isinstance(obj, dict):
-        for k in list(obj.keys()):
-            obj[k] = _materialise(obj[k])
-        return obj
-    if isinstance(obj, list):
-        return [_materialise(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialise(v) for v in obj)
-    return obj
-
-
 def _load_zip(path: str):
+    size = os.path.getsize(path)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
         if len(pkl) != 1:
             raise PthReadError("zip file has no single '<archive>/data.pkl'; not a torch.save file")
+        big = [i for i in zf.infolist() if i.file_size > size]
+        if big:  # torch stores its entries uncompressed: none can be larger than the archive
+            raise PthReadError(f"zip entry '{big[0].filename}' claims {big[0].file_size} bytes in a "
+                               f"{size}-byte file; not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = zf.read(prefix + "byteorder").decode("ascii").strip()
+            byteorder = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            if byteorder not in ("little", "big"):
+                raise PthReadError(f"unknown byte order {byteorder[:20]!r}")
         storages: Dict[str, _Storage] = {}
 
         def load_storage(pid):
@@ -183,54 +185,71 @@ def _load_zip(path: str):
             key = _text(key)
             if key not in storages:
                 dtype = _storage_dtype(storage_type, byteorder)
-                raw = zf.read(f"{prefix}data/{key}")
+                try:
+                    raw = zf.read(f"{prefix}data/{key}")
+                except KeyError:
+                    raise PthReadError(f"storage {key} is missing from the archive") from None
                 st = _Storage(dtype, len(raw) // dtype.itemsize)
-                st.data = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
-                if st.numel < int(numel):
-                    raise PthReadError(f"storage {key} has {st.numel} elements, expected {numel}")
+                st.data = np.frombuffer(raw, dtype=dtype, count=st.numel).astype(dtype.newbyteorder("="))
+                if type(numel) is not int or st.numel < numel:
+                    raise PthReadError(f"storage {key} has {st.numel} elements, expected {numel!r:.40}")
                 storages[key] = st
             return storages[key]
 
-        obj = _Unpickler(io.BytesIO(zf.read(pkl[0])), load_storage).load()
-    return _materialise(obj)
+        obj = _unpickler(io.BytesIO(zf.read(pkl[0])), load_storage).load()
+    return safe_pickle.materialise(obj)
+
+
+def _legacy_header(fh) -> str:
+    """Check the magic number and protocol pickles; return the byte order of the sys-info pickle."""
+    try:
+        magic = safe_pickle.load(fh)
+    except PickleRefused:
+        raise
+    except Exception as e:  # not a pickle at all
+        raise PthReadError(f"neither a zip nor a legacy torch file ({type(e).__name__}: {e})") from None
+    if type(magic) is not int or magic != _LEGACY_MAGIC:
+        raise PthReadError("not a torch.save file (bad magic number)")
+    if safe_pickle.load(fh) != _LEGACY_PROTOCOL:
+        raise PthReadError("unsupported legacy torch protocol version")
+    sys_info = safe_pickle.load(fh)
+    if isinstance(sys_info, dict) and sys_info.get("little_endian", True) is False:
+        return "big"
+    return "little"
 
 
 def _load_legacy(path: str):
+    size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        try:
-            magic = pickle.load(fh)
-        except Exception as e:  # not a pickle at all
-            raise PthReadError(f"neither a zip nor a legacy torch file ({e})") from None
-        if magic != _LEGACY_MAGIC:
-            raise PthReadError("not a torch.save file (bad magic number)")
-        if pickle.load(fh) != _LEGACY_PROTOCOL:
-            raise PthReadError("unsupported legacy torch protocol version")
-        sys_info = pickle.load(fh)
-        byteorder = "little"
-        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-            byteorder = "big"
+        byteorder = _legacy_header(fh)
         storages: Dict[str, _Storage] = {}
 
         def load_storage(pid):
-            _, storage_type, key, _location, numel, view = pid[:6]
+            _, storage_type, key, _location, numel, view = (pid + (None,))[:6]
             key = _text(key)
             if key not in storages:
-                storages[key] = _Storage(_storage_dtype(storage_type, byteorder), numel)
+                storages[key] = _Storage(_storage_dtype(storage_type, byteorder), 0)
             if view is not None:
                 raise PthReadError("legacy storage views are not supported; re-save the file "
                                    "with a recent torch")
             return storages[key]
 
-        obj = _Unpickler(fh, load_storage).load()
-        keys = pickle.load(fh)
+        obj = _unpickler(fh, load_storage).load()
+        keys = safe_pickle.load(fh)
+        if not isinstance(keys, list):
+            raise PthReadError(f"the storage key list is a {type(keys).__name__}")
         for key in keys:
-            st = storages[_text(key)]
-            (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", fh.read(8))
-            raw = fh.read(numel * st.dtype.itemsize)
-            if len(raw) != numel * st.dtype.itemsize:
-                raise PthReadError(f"file truncated while reading storage {key}")
-            st.data = np.frombuffer(raw, dtype=st.dtype).astype(st.dtype.newbyteorder("="))
-    return _materialise(obj)
+            st = storages.get(_text(key))
+            if st is None:
+                raise PthReadError(f"storage {_text(key)[:40]!r} is listed but no tensor uses it")
+            (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", fh.read(8).ljust(8, b"\0"))
+            nbytes = numel * st.dtype.itemsize
+            if numel < 0 or nbytes > size - fh.tell():
+                raise PthReadError(f"storage {_text(key)[:40]} claims {numel} elements, more than the "
+                                   f"{size}-byte file holds (truncated?)")
+            st.data = np.frombuffer(fh.read(nbytes), dtype=st.dtype).astype(st.dtype.newbyteorder("="))
+            st.numel = numel
+    return safe_pickle.materialise(obj)
 
 
 def load_pth(path: str) -> Any:
@@ -245,6 +264,8 @@ def load_pth(path: str) -> Any:
 
     Raises:
         PthReadError: the file is not a torch checkpoint of a supported kind.
+        safe_pickle.PickleRefused: a pickle in it names something other than data
+            (e.g. "refusing to load global posix.system"); nothing from it was called.
     """
     if zipfile.is_zipfile(path):
         return _load_zip(path)
