@@ -89,3 +89,23 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "did you mean 'step_size'" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_langevin_steps_zero_refused_where_revisions_are_needed():
+    for mode in ("coopflow", "langevin_only"):
+        with pytest.raises(ConfigError, match=rf"Langevin.n_steps=0: Train.mode={mode} needs Langevin revisions; "
+                                              r"set Langevin.n_steps >= 1"):
+            load_config(None, ["Langevin.n_steps=0", f"Train.mode={mode}"])
+    assert load_config(None, ["Langevin.n_steps=0", "Train.mode=flow_only"]).Langevin.n_steps == 0
+
+
+def test_health_section_and_energy_guard_keys():
+    cfg = load_config(None)
+    assert cfg.Health.check and cfg.Optimizer.ebm_energy_l2 == 0.0  # the guard is off by default
+    with pytest.raises(ConfigError, match="Health.energy_factor"):
+        load_config(None, ["Health.energy_factor=1"])  # a factor must exceed 1
+    with pytest.raises(ConfigError, match="below the minimum"):
+        load_config(None, ["Optimizer.ebm_energy_l2=-0.1"])
+    stored = load_config(None).to_dict()
+    del stored["Health"]  # a checkpoint written before the section existed gets the defaults
+    assert config_from_dict(stored).Health == cfg.Health

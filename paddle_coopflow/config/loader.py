@@ -248,6 +248,10 @@ def build_config(data: dict, sources: Optional[dict] = None, migrate: bool = Fal
 
 def _cross_check(cfg: Config) -> None:
     """Constraints that involve more than one key."""
+    if cfg.Langevin.n_steps == 0 and cfg.Train.mode != "flow_only":
+        # T = 0 would make the "revisions" the proposals themselves: CoopFlow would train nothing the paper describes
+        raise ConfigError(f"Langevin.n_steps=0: Train.mode={cfg.Train.mode} needs Langevin revisions; set "
+                          "Langevin.n_steps >= 1 (or Train.mode=flow_only to train the flow alone)")
     ic = cfg.Langevin.image_clip
     if ic is not None and (len(ic) != 2 or ic[0] >= ic[1]):
         raise ConfigError(f"Langevin.image_clip={ic!r}: must be [lo, hi] with lo < hi, or null")

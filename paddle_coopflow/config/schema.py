@@ -118,6 +118,9 @@ class OptimizerConfig:
     ebm_clip_norm: Optional[float] = _f(None, min=0.0)
     ebm_skip_norm: Optional[float] = _f(None, min=0.0)
     ebm_skip_in_first_epoch: bool = _f(True, help="apply ebm_skip_norm in epoch 0 too (the Pre scripts do not)")
+    ebm_energy_l2: float = _f(0.0, min=0.0, help="α of the energy-scale guard α·(mean f(x)² + mean f(x̃)²) "
+                                                 "added to the EBM loss (Du & Mordatch 2019; not in the paper); "
+                                                 "0 = off")
     warmup_iters: int = _f(200, min=0)
     warmup_first_step_zero: bool = _f(True, help="as the official code: its LambdaLR gives lr 0 on the first step")
 
@@ -192,6 +195,20 @@ class ToyConfig:
 
 
 @dataclass
+class HealthConfig:
+    """The finite blow-up check (paddle_coopflow/engine/health.py; docs/training.md): thresholds per quantity."""
+    check: bool = _f(True, help="stop the run with exit status 2 on a finite blow-up")
+    warmup: int = _f(20, min=1, help="calm checks that build a quantity's reference before it is checked")
+    window: int = _f(50, min=1, help="the reference is the median of this many latest calm checks")
+    patience: int = _f(3, min=1, help="consecutive out-of-range checks of one quantity that make a blow-up")
+    energy_factor: float = _f(100.0, gt=1.0, help="max |f| above this x its reference is out of range")
+    energy_floor: float = _f(1.0, gt=0.0, help="smallest reference of max |f| (f near 0 early on)")
+    langevin_factor: float = _f(10.0, gt=1.0, help="langevin_mse above this x its reference is out of range")
+    langevin_floor: float = _f(0.01, gt=0.0, help="smallest reference of langevin_mse (chains that barely move)")
+    nll_jump: float = _f(2.0, gt=0.0, help="flow bits/dim above its reference + this is out of range")
+
+
+@dataclass
 class Config:
     """The whole configuration: one attribute per section."""
 
@@ -205,6 +222,7 @@ class Config:
     Eval: EvalConfig = field(default_factory=EvalConfig)
     Export: ExportConfig = field(default_factory=ExportConfig)
     Toy: ToyConfig = field(default_factory=ToyConfig)
+    Health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
         """Nested plain dict (section -> key -> value), as stored in checkpoints."""
