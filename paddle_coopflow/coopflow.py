@@ -5,7 +5,9 @@ One iteration (:meth:`CoopFlow.train_step`):
   2. revise   x̃ = Langevin flow from x̂      T steps of eq. (3), detached
   3. flow     α ← α + ∇_α mean log q_α(x̃)   maximum likelihood on the revised samples (eq. 6,
                                              :func:`flow_ml_loss`)
-  4. EBM      θ ← θ + ∇_θ [mean f(x) − mean f(x̃)]   (eq. 2, :func:`ebm_ml_loss`)
+  4. EBM      θ ← θ + ∇_θ [mean f(x) − mean f(x̃)]   (eq. 2, :func:`ebm_ml_loss`; with
+                                             Optimizer.ebm_energy_l2 > 0 the guard
+                                             :func:`ebm_energy_l2_penalty` is added, not in the paper)
 The two networks never backprop through each other: only the detached x̃ passes between them.
 Because the EBM loss does not depend on α (and vice versa), both gradients are computed first and
 the steps are then taken together; the official "flow step before EBM loss" order (main_cifar) gives
@@ -38,7 +40,7 @@ from .optim import OptimBundle, clip_grad_norm, clip_grad_norm_groups
 from .sampling import propose
 from .sampling import sample as sample_coopflow
 
-__all__ = ["CoopFlowOptions", "CoopFlow", "ebm_ml_loss", "flow_ml_loss"]
+__all__ = ["CoopFlowOptions", "CoopFlow", "ebm_ml_loss", "ebm_energy_l2_penalty", "flow_ml_loss"]
 
 _MODES = ("coopflow", "flow_only", "langevin_only")
 _ENGINES = ("auto", "static", "dygraph")
@@ -67,6 +69,7 @@ class CoopFlowOptions:
     ebm_clip_norm: Optional[float] = None
     ebm_skip_norm: Optional[float] = None
     ebm_skip_in_first_epoch: bool = True    # False (Pre scripts): never skip the EBM step in epoch 0
+    ebm_energy_l2: float = 0.0              # α of the energy-scale guard (not in the paper); 0 = off
     frozen_flow: bool = False               # default for train_step(frozen_flow=None)
     n_update_flow: int = 1                  # flow updates on iterations with it % n == 0
     sample_flow_in_train_mode: bool = True  # official: dropout active while proposing
@@ -83,6 +86,7 @@ class CoopFlowOptions:
                   ("noise_mode", self.noise_mode in ("none", "constant", "decay"), "'none'|'constant'|'decay'"),
                   ("flow_clip_mode", self.flow_clip_mode in ("global", "per_group"), "'global'|'per_group'"),
                   ("n_update_flow", self.n_update_flow >= 1, ">= 1"),
+                  ("ebm_energy_l2", self.ebm_energy_l2 >= 0, ">= 0"),
                   ("langevin_engine", self.langevin_engine in _ENGINES, f"one of {_ENGINES}")]
         for name, ok, want in checks:
             if not ok:
@@ -104,7 +108,8 @@ class CoopFlowOptions:
             noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
             flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
             ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
-            ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, n_update_flow=t.n_update_flow,
+            ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, ebm_energy_l2=o.ebm_energy_l2,
+            n_update_flow=t.n_update_flow,
             sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm,
             langevin_engine=lg.engine).validate()
 
@@ -138,11 +143,29 @@ def ebm_ml_loss(energy: Callable[[paddle.Tensor], paddle.Tensor], x_data: paddle
         x_revised: [M, ...] detached Langevin revisions x̃_i.
 
     Returns:
-        (loss, mean f(x), mean f(x̃)), scalar tensors; `loss` carries the graph to θ.
+        (loss, f(x) [B], f(x̃) [M]); `loss` is a scalar and all three carry the graph to θ.
     """
-    f_data = energy(x_data).mean()
-    f_rev = energy(x_revised).mean()
-    return f_rev - f_data, f_data, f_rev
+    f_data = energy(x_data)
+    f_rev = energy(x_revised)
+    return f_rev.mean() - f_data.mean(), f_data, f_rev
+
+
+def ebm_energy_l2_penalty(f_data: paddle.Tensor, f_revised: paddle.Tensor, coeff: float) -> paddle.Tensor:
+    """The optional energy-scale guard α·(mean f(x)² + mean f(x̃)²), added to the EBM loss.
+
+    Not in the paper: Du & Mordatch (2019, "Implicit Generation and Generalization in Energy-Based
+    Models", their loss with ``l2_coeff``) add it to keep the energies near 0. The ML loss of eq. (2)
+    is invariant to a constant shift of f, so without it the scale of f can drift freely.
+
+    Args:
+        f_data: [B] f_θ on the observed examples.
+        f_revised: [M] f_θ on the revised samples.
+        coeff: α = Optimizer.ebm_energy_l2 (>= 0).
+
+    Returns:
+        scalar tensor (in the graph of both energies).
+    """
+    return coeff * (paddle.square(f_data).mean() + paddle.square(f_revised).mean())
 
 
 def flow_ml_loss(nll: Callable[[paddle.Tensor], paddle.Tensor], x_revised: paddle.Tensor) -> paddle.Tensor:
@@ -245,7 +268,8 @@ class CoopFlow:
                 every random draw is made for the global batch and sliced (paddle_coopflow.noise).
 
         Returns:
-            dict of floats/bools: ebm_loss, f_data, f_revised, f_proposal, flow_nll, flow_bpd,
+            dict of floats/bools: ebm_loss (eq. 2, without the guard), ebm_energy_l2 (the guard's
+            penalty, when on), f_data, f_revised, f_proposal, flow_nll, flow_bpd,
             flow_grad_norm (+ per group), ebm_grad_norm, lr_flow, lr_ebm, langevin_mse,
             langevin_sq_change, langevin_delta_clip_frac, noise_std, ebm_stepped, flow_stepped,
             ebm_skipped, flow_skipped, nonfinite, gstep. NaN marks a quantity not computed.
@@ -269,12 +293,17 @@ class CoopFlow:
 
         # 4. EBM loss (eq. 2): raise f on data, lower it on the revised samples
         ebm_loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
-        ebm_loss.backward()
+        total = ebm_loss
+        if o.ebm_energy_l2 > 0:
+            penalty = ebm_energy_l2_penalty(f_data, f_rev, o.ebm_energy_l2)
+            stats["ebm_energy_l2"] = float(penalty.item())
+            total = ebm_loss + penalty
+        total.backward()
         ebm_norm = clip_grad_norm(self.ebm_optim.parameters, o.ebm_clip_norm)
-        fd, fr, el = float(f_data.item()), float(f_rev.item()), float(ebm_loss.item())
+        fd, fr, el = float(f_data.mean().item()), float(f_rev.mean().item()), float(ebm_loss.item())
 
         # 5. decide and step: each net is vetoed by its own non-finite values only
-        ebm_ok = _finite(fd, fr, el, ebm_norm, ls["mse"])
+        ebm_ok = _finite(fd, fr, el, ebm_norm, ls["mse"], stats.get("ebm_energy_l2", 0.0))
         nonfinite = not (ebm_ok and flow_ok)
         ebm_go = ebm_ok and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
                              or (not o.ebm_skip_in_first_epoch and epoch == 0))

@@ -169,8 +169,41 @@ def test_eq2_and_eq6_losses_against_numpy():
     loss, fd, fr = ebm_ml_loss(energy, x, xr)
     f = lambda a: (a @ np.array([0.5, -2.0])).mean()  # noqa: E731
     assert float(loss.item()) == pytest.approx(f(xr.numpy()) - f(x.numpy()))
-    assert float(fd.item()) == pytest.approx(f(x.numpy())) and float(fr.item()) == pytest.approx(f(xr.numpy()))
+    assert fd.shape == [2] and fr.shape == [3]
+    assert float(fd.mean().item()) == pytest.approx(f(x.numpy())) and float(fr.mean().item()) == pytest.approx(f(xr.numpy()))
     assert float(flow_ml_loss(lambda a: (a ** 2).sum(1), xr).item()) == pytest.approx(10 / 3)  # (1 + 1 + 8) / 3
+
+
+def test_energy_l2_guard_loss_and_gradient_against_numpy():
+    """α·(mean f(x)² + mean f(x̃)²) and its gradient for a linear f(x) = w·x, in float64 NumPy by hand."""
+    from paddle_coopflow.coopflow import ebm_energy_l2_penalty, ebm_ml_loss
+
+    rng = np.random.default_rng(3)
+    xd, xr, w0 = rng.normal(size=(4, 3)), rng.normal(size=(5, 3)), rng.normal(size=3)
+    alpha = 0.7
+    w = paddle.to_tensor(w0.astype(np.float32), stop_gradient=False)
+    energy = lambda a: (a * w).sum(1)  # noqa: E731
+    ml, fd, fr = ebm_ml_loss(energy, paddle.to_tensor(xd.astype(np.float32)), paddle.to_tensor(xr.astype(np.float32)))
+    pen = ebm_energy_l2_penalty(fd, fr, alpha)
+    (ml + pen).backward()
+    ed, er = xd @ w0, xr @ w0
+    assert float(pen.item()) == pytest.approx(alpha * ((ed ** 2).mean() + (er ** 2).mean()), rel=1e-5)
+    # d/dw [mean(w·x̃) − mean(w·x) + α(mean (w·x)² + mean (w·x̃)²)]
+    grad = xr.mean(0) - xd.mean(0) + alpha * (2 * (ed[:, None] * xd).mean(0) + 2 * (er[:, None] * xr).mean(0))
+    np.testing.assert_allclose(w.grad.numpy(), grad, rtol=1e-5, atol=1e-6)
+
+
+def test_energy_l2_guard_in_train_step_pulls_energies_to_zero():
+    """With the guard on, the logged penalty is α·(f_data² + f_revised²) of a constant-shifted EBM, and steps shrink it."""
+    cf, _, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_energy_l2=1.0))
+    bias = dict(ebm.named_parameters())["f.5.bias"]  # f sums the last conv's 100 channels: f shifts by +5
+    bias.set_value(bias + 0.05)
+    x = _data()
+    first = cf.train_step(x, 0, 0)
+    assert first["ebm_energy_l2"] == pytest.approx(first["f_data"] ** 2 + first["f_revised"] ** 2, rel=0.2)
+    last = [cf.train_step(x, 0, i)["ebm_energy_l2"] for i in range(1, 30)][-1]
+    assert last < 0.5 * first["ebm_energy_l2"]
+    assert "ebm_energy_l2" not in _make()[0].train_step(x, 0, 0)  # off by default: nothing added, nothing logged
 
 
 def test_warmup_lr_sequence_and_first_steps_at_zero():
