@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from paddle_coopflow.checkpoint import load_checkpoint, save_checkpoint
@@ -78,6 +79,39 @@ def test_failed_start_leaves_nothing(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_batch_larger_than_the_data_is_refused_before_the_run_dir(tmp_path):
+    from PIL import Image
+
+    from paddle_coopflow.data import DatasetError
+    from paddle_coopflow.engine import Trainer
+
+    with pytest.raises(DatasetError, match=r"Train.batch_size=100000 is larger than the 297 images of digits "
+                                           r"\(split test\); set -o Train.batch_size=297 or less"):
+        Trainer(tiny_cfg(tmp_path / "a", "Train.batch_size=100000", "Train.data_init_batches=0"))
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(one / "x.png")
+    with pytest.raises(DatasetError, match=r"Train.batch_size=32 is larger than the 1 images of folder"):
+        Trainer(tiny_cfg(tmp_path / "b", "Data.name=folder", f"Data.root={one}", "Data.split=all",
+                         "Train.batch_size=32"))
+    # 297 images = 5 batches of 64: ActNorm's init may take 4 of them, not 5
+    with pytest.raises(DatasetError, match=r"Train.data_init_batches=5 would use every batch of epoch 1: .* 297 "
+                                           r"images, 5 batch\(es\) of Train.batch_size=64; set -o Train.batch_size=59 "
+                                           r"or less, or -o Train.data_init_batches=4"):
+        Trainer(tiny_cfg(tmp_path / "c", "Train.data_init_batches=5"))
+    assert not any((tmp_path / d).exists() for d in "abc")
+    Trainer(tiny_cfg(tmp_path / "d", "Train.data_init_batches=5", "Train.batch_size=59"))  # the fix it names works
+
+
+def test_cli_batch_larger_than_the_data_leaves_nothing(tmp_path):
+    r = subprocess.run([sys.executable, "tools/train.py", "-c", "configs/digits_demo.yaml", "-o",
+                        f"Global.output_dir={tmp_path}/x", "-o", "Train.batch_size=100000"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Train.batch_size=100000 is larger than the" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "x")
+
+
 def test_resume_cleans_temp_files_and_stats_have_no_repeated_steps(tmp_path):
     run = tmp_path / "run"
     run_tiny(run, "Train.max_iters=4", "Global.save_interval=2")
@@ -105,6 +139,16 @@ def test_nonfinite_streak_never_saves_and_names_the_checkpoint_before_it(tmp_pat
     # a resume runs on: no streak counter is stored, so 2 more non-finite steps (< 3) do not stop it
     out = run_tiny(run, "Train.max_iters=%d" % (good["global_iter"] + 2), resume=named)
     assert out["global_iter"] == good["global_iter"] + 2
+
+
+def test_nonfinite_streak_after_resume_names_the_checkpoint_resumed_from(tmp_path):
+    run = tmp_path / "run"
+    run_tiny(run, "Train.max_iters=1")  # writes iter_0000001 and latest
+    with pytest.raises(UserError, match="consecutive non-finite steps") as err:
+        run_tiny(run, "Optimizer.ebm_lr=1e6", "Global.max_consecutive_nonfinite=3", "Global.save_every_epochs=0",
+                 "Train.max_iters=40", resume=str(run / "ckpt" / "latest"))
+    assert f"before the streak): {run / 'ckpt' / 'latest'} (" in str(err.value)
+    assert states(run / "ckpt" / "latest")["global_iter"] == 1
 
 
 def test_corrupt_image_mid_run_saves_latest_and_stops_with_one_line(tmp_path):

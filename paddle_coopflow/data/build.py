@@ -70,6 +70,39 @@ def build_dataset(cfg: Any, split: str) -> ImageDataset:
     return FolderDataset(root, split, size, channels, hflip)
 
 
+def batches_per_epoch(n: int, batch_size: int, world_size: int, dataset: str, init_batches: int = 0) -> int:
+    """Training batches per epoch of `n` images; a one-line DatasetError when the batch cannot be met.
+
+    A global batch (batch_size × world_size) larger than the data would silently train on smaller
+    batches than configured, and ActNorm's data-dependent init must leave a batch of epoch 0 to train
+    on. Both are checked before a run directory is created.
+
+    Args:
+        n: images in the training split.
+        batch_size: Train.batch_size (per rank).
+        world_size: data-parallel ranks.
+        dataset: the data as messages name it, e.g. "digits (split train)".
+        init_batches: Train.data_init_batches spent on ActNorm's init at the start of epoch 0
+            (0 when the flow is absent or already initialised).
+
+    Returns:
+        ⌈n / (batch_size · world_size)⌉.
+    """
+    g = batch_size * world_size
+    ranks = f" x {world_size} ranks" if world_size > 1 else ""
+    if g > n:
+        raise DatasetError(f"Train.batch_size={batch_size}{ranks} is larger than the {n} images of {dataset}; "
+                           f"set -o Train.batch_size={max(1, n // world_size)} or less, or use more images")
+    per_epoch = -(-n // g)
+    if init_batches >= per_epoch:
+        fits = (n - 1) // (init_batches * world_size)
+        fix = f"-o Train.batch_size={fits} or less, or " if fits >= 1 else ""
+        raise DatasetError(f"Train.data_init_batches={init_batches} would use every batch of epoch 1: {dataset} has "
+                           f"{n} images, {per_epoch} batch(es) of Train.batch_size={batch_size}{ranks}; set {fix}"
+                           f"-o Train.data_init_batches={per_epoch - 1}")
+    return per_epoch
+
+
 def load_images(cfg: Any, split: str, n: Optional[int] = None,
                 shuffle_seed: Optional[int] = None) -> np.ndarray:
     """Unflipped images for an FID reference set.

@@ -26,15 +26,19 @@ TAGS = {
     "flow_grad_norm": "train/flow_grad_norm", "ebm_grad_norm": "train/ebm_grad_norm",
     "lr_flow": "lr/flow", "lr_ebm": "lr/ebm", "langevin_mse": "langevin/mse_change",
     "langevin_delta_clip_frac": "langevin/delta_clip_frac", "noise_std": "langevin/noise_std",
+    "ebm_energy_l2": "train/ebm_energy_l2",
 }
 GRID_MIN_CELL = 64   # saved grid PNGs are upscaled (nearest) until each image is at least this many pixels
 
 
-def log_interval(tr, phase: str, agg: Dict, clock: Dict, total_iters: int) -> None:
+def log_interval(tr, phase: str, agg: Dict, clock: Dict, total_iters: int) -> Dict[str, float]:
     """One zoo-style log line and one stats.jsonl / VisualDL record with the interval's means.
 
     Besides wall time per iteration, the record holds the process's CPU seconds so far
     (``time/process_cpu_s``), so runs on a shared machine can be compared by CPU time.
+
+    Returns:
+        the interval's means, keyed as train_step names them (what the health check reads).
     """
     t = tr.cfg.Train
     now = time.time()
@@ -56,6 +60,7 @@ def log_interval(tr, phase: str, agg: Dict, clock: Dict, total_iters: int) -> No
                 "time/batch_cost": cost, "time/ips": bs / max(cost, 1e-9),
                 "time/process_cpu_s": time.process_time(), "phase": phase, "epoch": tr.epoch})
     tr.log.record(tr.global_iter, rec)
+    return means
 
 
 def upscale(img: np.ndarray, cell: int) -> np.ndarray:

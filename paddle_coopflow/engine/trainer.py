@@ -14,8 +14,8 @@ official scripts do when they load a pre-trained flow into a new job.
 
 Stopping: SIGTERM/SIGINT finish the current iteration, save ``latest`` at that boundary and raise
 :class:`~paddle_coopflow.engine.signals.TrainingStopped`; a corrupt image met mid-run saves ``latest``
-and stops with a one-line error; a streak of non-finite steps never saves and names the last
-checkpoint written before it.
+and stops with a one-line error; a streak of non-finite steps, or a finite blow-up found by the health
+check (:mod:`~paddle_coopflow.engine.health`), never saves and names the last checkpoint written before it.
 """
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..accel import engine_in_use
 from ..builder import build_ebm, build_flow, count_params
-from ..config import Config, ConfigError
+from ..config import Config
 from ..errors import UserError
 from ..utils.env import resolve_device, seed_everything, setup_threads
 from . import distributed as ddp
 from . import outputs
 from .checkpointing import (checkpoint_label, iter_prefix_name, load_training_checkpoint, prune,
                             save_training_checkpoint)
+from . import health
 from .rundir import holds_run, open_run_dir, refuse_existing
 from .signals import StopOnSignal, TrainingStopped
 
@@ -80,12 +81,13 @@ class Trainer:
                 self._notes.append(f"{name}: {type(net).__name__} with {count_params(net):,} parameters")
 
         from ..data import build_dataloader, build_dataset
+        from ..data.build import batches_per_epoch
 
         self._build_loader = build_dataloader
         self.dataset = build_dataset(cfg.Data, cfg.Data.split)
-        self.iters_per_epoch = len(self._loader(0, 0))
-        if self.iters_per_epoch == 0:
-            raise UserError(f"dataset {cfg.Data.name} at {cfg.Data.root} gives no batch of size {t.batch_size}")
+        init = t.data_init_batches if self.flow is not None and not resume and not t.init_flow else 0
+        self.iters_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size, self.world_size,
+                                                 f"{cfg.Data.name} (split {cfg.Data.split})", init)
         self._set_phases()
         self._build_learners()
         self.langevin_engine = {"config": cfg.Langevin.engine,
@@ -96,6 +98,7 @@ class Trainer:
         self.epoch, self.batch_pos, self.global_iter = 0, 0, 0
         self.counters = {"ebm_skipped": 0, "flow_skipped": 0, "nonfinite": 0}
         self.consecutive_nonfinite = 0
+        self.health = health.HealthCheck(cfg.Health)
         self.best = {"metric": None, "value": math.inf, "epoch": -1}
         self.last_saved: Optional[str] = None
         self._epoch_bpd: list = []
@@ -177,16 +180,18 @@ class Trainer:
                 "langevin_engine": dict(self.langevin_engine), "config": self.cfg.to_dict()}
 
     def save(self, name: str, link_latest: bool = True) -> Optional[str]:
-        """Write checkpoint ``ckpt/<name>`` (rank 0) and point ``latest`` at it; never inside a NaN streak.
+        """Write checkpoint ``ckpt/<name>`` (rank 0) and point ``latest`` at it; never inside a NaN streak
+        nor while the health check has a quantity out of range.
 
         Returns:
-            the prefix written, or None (other rank, or skipped during a streak of non-finite steps).
+            the prefix written, or None (other rank, or skipped as above).
         """
         if self.rank != 0:
             return None
-        if self.consecutive_nonfinite:
-            self.log.info(f"not saving {name}: {self.consecutive_nonfinite} non-finite steps in a row "
-                          f"(last checkpoint before them: {self.last_saved or 'none'})")
+        if self.consecutive_nonfinite or self.health.suspect:
+            why = (f"{self.consecutive_nonfinite} non-finite steps in a row" if self.consecutive_nonfinite
+                   else f"the health check's {self.health.suspect} is out of range")
+            self.log.info(f"not saving {name}: {why} (last checkpoint before: {self.last_saved or 'none'})")
             return None
         prefix = os.path.join(self.ckpt_dir, name)
         nets = {"flow": self.flow, "ebm": self.ebm}
@@ -212,6 +217,7 @@ class Trainer:
             self.pre_learner.gstep = s.get("pre_gstep") or 0
         self.counters.update(s["counters"])
         self.consecutive_nonfinite = 0  # a resumed run starts a new streak count
+        self.last_saved = prefix        # good: it just loaded; named if the run fails before its next save
         self.best = s["best"]
         self._epoch_bpd = list(s.get("epoch_bpd", []))
         ckpt.set_rng_state(s["rng"])
@@ -235,9 +241,6 @@ class Trainer:
         t = self.cfg.Train
         if self.flow is None or self.flow.is_initialized:
             return False
-        if t.data_init_batches >= self.iters_per_epoch:
-            raise ConfigError(f"Train.data_init_batches={t.data_init_batches} must be below the "
-                              f"{self.iters_per_epoch} batches of an epoch")
         batches = []
         for i, (x, _) in enumerate(self._loader(0, 0)):
             if i >= max(1, min(t.data_init_group, t.data_init_batches)):
@@ -259,7 +262,8 @@ class Trainer:
 
         Raises:
             TrainingStopped: SIGTERM/SIGINT; ``latest`` was saved at the iteration boundary.
-            UserError: a streak of non-finite steps, or a corrupt image met mid-run (``latest`` saved).
+            UserError: a streak of non-finite steps, a finite blow-up (engine/health.py), or a corrupt
+                image met mid-run (``latest`` saved).
         """
         try:
             return self._train()
@@ -316,7 +320,7 @@ class Trainer:
                 self._in_step = False
                 self._account(stats, agg)
                 if self.global_iter % g.log_interval == 0:
-                    outputs.log_interval(self, phase, agg, clock, total_iters)
+                    health.stop_on_blowup(self, outputs.log_interval(self, phase, agg, clock, total_iters), phase)
                     agg = {}
                 outputs.periodic(self, phase)
             self.epoch += 1
@@ -329,7 +333,8 @@ class Trainer:
             return "rank 0 saves"
         prefix = self.save("latest", link_latest=False)
         if prefix is None:
-            return f"latest not updated inside a non-finite streak; last good checkpoint: {self.last_saved}"
+            return (f"latest not updated (a non-finite streak or a suspected blow-up); last good checkpoint: "
+                    f"{self.last_saved}")
         return f"resume with --resume {prefix} ({checkpoint_label(self._state())})"
 
     def _interrupted(self) -> None:
@@ -356,18 +361,7 @@ class Trainer:
     def _account(self, stats: Dict, agg: Dict) -> None:
         for k in ("ebm_skipped", "flow_skipped"):
             self.counters[k] += int(bool(stats.get(k, False)))
-        if stats.get("nonfinite"):
-            self.counters["nonfinite"] += 1
-            self.consecutive_nonfinite += 1
-            self.log.info(f"non-finite loss/energy/gradient at iter {self.global_iter}: step skipped "
-                          f"({self.consecutive_nonfinite} in a row, {self.counters['nonfinite']} total)")
-            if self.consecutive_nonfinite >= self.cfg.Global.max_consecutive_nonfinite:
-                last = self.last_saved or "none saved yet"
-                raise UserError(f"{self.consecutive_nonfinite} consecutive non-finite steps at iter "
-                                f"{self.global_iter}; stopping. Last good checkpoint (written before the streak): "
-                                f"{last} (lower the learning rate or step size and resume from it)")
-        else:
-            self.consecutive_nonfinite = 0
+        health.count_nonfinite(self, bool(stats.get("nonfinite")))
         for k, v in stats.items():
             if k in outputs.TAGS and isinstance(v, float):
                 agg.setdefault(k, []).append(v)

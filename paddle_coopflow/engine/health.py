@@ -1,0 +1,223 @@
+"""Run-time detection of a *finite* blow-up of cooperative training (section ``Health`` of the config).
+
+A non-finite step is caught where it happens (:mod:`paddle_coopflow.coopflow`). A runaway EBM stays
+finite: the ML loss of eq. (2) is invariant to a constant shift of f, so the scale of f can drift, and
+when it runs away the Langevin chains are dragged far from where the flow put them and the flow,
+trained on those revisions, follows. :class:`HealthCheck` watches what the trainer already logs:
+
+    energy   max(|f_data|, |f_revised|, |f_proposal|)   the scale of f
+    langevin langevin_mse                                the chains' mean squared displacement
+    nll      flow_bpd                                    the flow's NLL on the revisions (bits/dim)
+
+The rule, per quantity q, at every check t (one logged record of the image trainer, one iteration of
+tools/toy2d.py):
+
+    ref_t  = median of q over the last ``Health.window`` *calm* checks (checks not out of range)
+    out_t  = q_t > factor · max(ref_t, floor)      energy:   Health.energy_factor,   Health.energy_floor
+                                                    langevin: Health.langevin_factor, Health.langevin_floor
+             q_t > ref_t + Health.nll_jump          nll (bits/dim, a difference: the NLL can be negative)
+
+and a blow-up is ``Health.patience`` consecutive out-of-range checks of one quantity, once
+``Health.warmup`` calm checks have built its reference. Out-of-range checks never enter the
+reference, so a runaway is measured against the state before it; the floors keep tiny early values
+(f ≈ 0, chains that barely move) from counting as growth; the patience ignores single spikes (one
+batch with a far-out proposal). The reference restarts when the training phase changes (the flow's
+pre-training, the warm-up and cooperation see different quantities) and when a run is resumed.
+
+:func:`replay` runs the rule over a ``stats.jsonl`` to check a run after the fact::
+
+    python -m paddle_coopflow.engine.health RUN/stats.jsonl [-c CONFIG] [-o Health.key=value ...]
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from typing import Deque, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import UserError
+
+__all__ = ["HealthCheck", "QUANTITIES", "count_nonfinite", "stop_on_blowup", "read_stats", "replay"]
+
+# quantity → its value from one record of train_step stats (None when the record does not hold it)
+QUANTITIES = ("energy", "langevin", "nll")
+# stats.jsonl tag → train_step key, for the quantities the rule reads
+_TAG_KEYS = {"train/f_data": "f_data", "train/f_revised": "f_revised", "train/f_proposal": "f_proposal",
+             "langevin/mse_change": "langevin_mse", "train/flow_bpd": "flow_bpd"}
+
+
+def _value(name: str, stats: Mapping[str, float]) -> Optional[float]:
+    if name == "energy":
+        fs = [abs(stats[k]) for k in ("f_data", "f_revised", "f_proposal") if _finite(stats.get(k))]
+        return max(fs) if fs else None
+    key = "langevin_mse" if name == "langevin" else "flow_bpd"
+    return float(stats[key]) if _finite(stats.get(key)) else None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class HealthCheck:
+    """The blow-up rule of the module docstring, fed one record of train_step stats at a time.
+
+    Args:
+        cfg: the ``Health`` section of the config (check, warmup, window, patience, energy_factor,
+            energy_floor, langevin_factor, langevin_floor, nll_jump).
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.phase: Optional[str] = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every reference (a new phase, a resumed run)."""
+        self.calm: Dict[str, Deque[float]] = {q: deque(maxlen=self.cfg.window) for q in QUANTITIES}
+        self.streak: Dict[str, int] = {q: 0 for q in QUANTITIES}
+
+    @property
+    def suspect(self) -> Optional[str]:
+        """The quantity out of range at the last check (a blow-up may be starting), else None."""
+        return next((q for q in QUANTITIES if self.streak[q]), None)
+
+    def limit(self, name: str) -> Optional[float]:
+        """The current threshold of a quantity, or None while its reference is still warming up."""
+        calm = self.calm[name]
+        if len(calm) < self.cfg.warmup:
+            return None
+        ref = float(np.median(calm))
+        c = self.cfg
+        if name == "energy":
+            return c.energy_factor * max(ref, c.energy_floor)
+        if name == "langevin":
+            return c.langevin_factor * max(ref, c.langevin_floor)
+        return ref + c.nll_jump
+
+    def update(self, step: int, stats: Mapping[str, float], phase: str = "") -> Optional[str]:
+        """Take one check; returns the one-line blow-up message, or None while training is healthy.
+
+        Args:
+            step: the global iteration the stats belong to.
+            stats: train_step stats (or the means of a log interval), keyed as train_step returns them.
+            phase: the training phase; a change of phase restarts the references.
+        """
+        if not self.cfg.check:
+            return None
+        if phase != self.phase:
+            self.phase = phase
+            self.reset()
+        for name in QUANTITIES:
+            v = _value(name, stats)
+            if v is None:
+                continue
+            lim = self.limit(name)
+            if lim is None or v <= lim:
+                self.calm[name].append(v)
+                self.streak[name] = 0
+                continue
+            self.streak[name] += 1
+            if self.streak[name] >= self.cfg.patience:
+                return self._message(step, name, v, lim)
+        return None
+
+    def _message(self, step: int, name: str, v: float, lim: float) -> str:
+        c = self.cfg
+        what = {"energy": ("max |f| on data/revisions/proposals", f"Health.energy_factor={c.energy_factor:g} x "
+                           f"the median of the calm checks before (floor Health.energy_floor={c.energy_floor:g})"),
+                "langevin": ("langevin_mse (the chains' mean squared displacement)",
+                             f"Health.langevin_factor={c.langevin_factor:g} x the median of the calm checks before "
+                             f"(floor Health.langevin_floor={c.langevin_floor:g})"),
+                "nll": ("flow_bpd (the flow's NLL on the revisions)",
+                        f"the median of the calm checks before + Health.nll_jump={c.nll_jump:g}")}[name]
+        return (f"finite blow-up at iteration {step}: {what[0]} = {v:.4g} above {lim:.4g} "
+                f"({what[1]}) for {self.streak[name]} checks in a row")
+
+
+def count_nonfinite(tr, nonfinite: bool) -> None:
+    """The trainer's non-finite streak: count a skipped step; stop after Global.max_consecutive_nonfinite in a row.
+
+    Raises:
+        UserError: one line naming the last checkpoint written before the streak.
+    """
+    if not nonfinite:
+        tr.consecutive_nonfinite = 0
+        return
+    tr.counters["nonfinite"] += 1
+    tr.consecutive_nonfinite += 1
+    tr.log.info(f"non-finite loss/energy/gradient at iter {tr.global_iter}: step skipped "
+                f"({tr.consecutive_nonfinite} in a row, {tr.counters['nonfinite']} total)")
+    if tr.consecutive_nonfinite >= tr.cfg.Global.max_consecutive_nonfinite:
+        last = tr.last_saved or "none saved yet"
+        raise UserError(f"{tr.consecutive_nonfinite} consecutive non-finite steps at iter {tr.global_iter}; "
+                        f"stopping. Last good checkpoint (written before the streak): {last} "
+                        "(lower the learning rate or step size and resume from it)")
+
+
+def stop_on_blowup(tr, means: Mapping[str, float], phase: str) -> None:
+    """The trainer's finite blow-up check on one log interval's means (``tr.health``).
+
+    Raises:
+        UserError: one line naming the iteration, the quantity and the last checkpoint written before
+            (nothing is saved while a quantity is out of range: ``Trainer.save`` asks ``tr.health.suspect``).
+    """
+    msg = tr.health.update(tr.global_iter, means, phase)
+    if msg:
+        tr.log.info(msg)
+        raise UserError(f"{msg}; stopped. Last checkpoint before it: {tr.last_saved or 'none saved yet'} (resume "
+                        "from it with lower learning rates or -o Optimizer.ebm_energy_l2=..., docs/training.md)")
+
+
+def read_stats(path: str) -> List[Tuple[int, Dict[str, float], str]]:
+    """(step, train_step-keyed stats, phase) of every training record of a ``stats.jsonl``."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a killed write
+            stats = {key: rec[tag] for tag, key in _TAG_KEYS.items() if isinstance(rec.get(tag), (int, float))}
+            if stats and isinstance(rec.get("step"), int):
+                out.append((rec["step"], stats, str(rec.get("phase", ""))))
+    return out
+
+
+def replay(path: str, cfg) -> Optional[str]:
+    """Run the rule over a ``stats.jsonl`` as the run would have; the first blow-up message, or None."""
+    check = HealthCheck(cfg)
+    for step, stats, phase in read_stats(path):
+        msg = check.update(step, stats, phase)
+        if msg:
+            return msg
+    return None
+
+
+def main(argv=None) -> int:
+    """``python -m paddle_coopflow.engine.health STATS.jsonl [-c CONFIG] [-o Health.key=value]``."""
+    import argparse
+
+    from ..cli import add_config_args
+    from ..config import load_config
+
+    parser = argparse.ArgumentParser(description="Replay the blow-up rule over a run's stats.jsonl.")
+    parser.add_argument("stats", nargs="+", help="stats.jsonl files")
+    add_config_args(parser, required=False)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.override).Health
+    bad = 0
+    for path in args.stats:
+        msg = replay(path, cfg)
+        bad += msg is not None
+        print(f"{path}: {msg or 'no blow-up'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ..cli import run_cli
+
+    sys.exit(run_cli(main))
