@@ -209,9 +209,13 @@ def test_short_run_improves_pi(tmp_path):
     hist = res["history"]
     assert [h["iter"] for h in hist] == [0, 300]
     assert hist[-1]["coopflow"] < 0.5 * hist[0]["coopflow"], hist
+    # the reported model is the best evaluation (here the final one: iteration 0 is the untrained model)
+    assert res["model"] == "best" and res["iter"] == 300 and res["final"]["iter"] == 300
+    assert res["coopflow"] == res["final"]["coopflow"] and res["blowup"] is None
     s = np.load(out / "samples.npz")
-    assert s["flow"].shape == (500, 2) and s["coopflow"].shape == (500, 2)
+    assert s["flow"].shape == (500, 2) and s["coopflow"].shape == (500, 2) and int(s["iter"]) == 300
     assert (out / "figure.png").stat().st_size > 10000
+    assert (out / "flow_final.pdparams").exists() and (out / "ebm.pdparams").exists()
     # a second run into the same directory is refused with a one-line error (exit 2)
     assert run_cli(tool.main, argv) == 2
 
@@ -225,3 +229,51 @@ def test_cli_user_errors(tmp_path, capsys):
     assert rc == 2 and "not found" in err and "\n" not in err
     rc = run_cli(tool.main, ["-c", cfg, "-o", "EBM.arch=res", "--dry-run"])
     assert rc == 2 and "EBM.arch=mlp" in capsys.readouterr().err
+
+
+TINY_TOY = ["-o", "Global.threads=1", "-o", "Global.use_visualdl=false", "-o", "Global.log_interval=50",
+            "-o", "Langevin.n_steps=5", "-o", "Flow.hidden=8", "-o", "Flow.num_layers=2", "-o", "EBM.hidden=16",
+            "-o", "Train.batch_size=64", "-o", "Eval.num_samples=200", "-o", "Toy.metric_points=200",
+            "-o", "Toy.heldout_points=200", "-o", "Toy.grid_resolution=20", "-o", "Data.num_points=500"]
+
+
+@pytest.mark.parametrize("bad,expect", [(np.zeros((100, 3)), "N×2"), (np.full((100, 2), np.nan), "NaN"),
+                                        (np.zeros((0, 2)), "N×2")])
+def test_bad_points_file_leaves_no_run_dir(tmp_path, capsys, bad, expect):
+    np.save(tmp_path / "p.npy", bad)
+    out = tmp_path / "run"
+    argv = ["-c", os.path.join(ROOT, "configs", "toy_spiral_t100.yaml"), "-o", f"Global.output_dir={out}",
+            "-o", "Data.name=file", "-o", f"Data.root={tmp_path / 'p.npy'}"] + TINY_TOY
+    assert run_cli(_tool().main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_best_model_is_kept_and_reported(tmp_path, monkeypatch):
+    """A run whose π gets worse after its best evaluation reports the best one, its weights and its iteration."""
+    tool = _tool()
+    scores = iter([0.5, 0.01, 0.2, 0.3])  # π at iterations 0, 10, 20 and the final 30
+    real = tool.evaluate
+
+    def scripted(coop, heldout, cfg, epoch, n, seed):
+        m, xf, xc = real(coop, heldout, cfg, epoch, n, seed)
+        return {"flow": m["flow"], "coopflow": next(scores, m["coopflow"])}, xf, xc
+
+    monkeypatch.setattr(tool, "evaluate", scripted)
+    kept = {}
+    real_snapshot = tool.snapshot
+    monkeypatch.setattr(tool, "snapshot", lambda coop: kept.setdefault(len(kept), real_snapshot(coop)))
+    out = tmp_path / "run"
+    argv = ["-c", os.path.join(ROOT, "configs", "toy_spiral_t100.yaml"), "-o", f"Global.output_dir={out}",
+            "-o", "Train.max_iters=30", "-o", "Toy.eval_every=10"] + TINY_TOY
+    assert run_cli(tool.main, argv) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert [h["iter"] for h in res["history"]] == [0, 10, 20, 30]
+    assert res["iter"] == 10 and res["final"] == dict(iter=30, flow=res["history"][-1]["flow"], coopflow=0.3)
+    assert int(np.load(out / "samples.npz")["iter"]) == 10
+    best = paddle.load(str(out / "ebm.pdparams"))
+    final = paddle.load(str(out / "ebm_final.pdparams"))
+    for k, v in kept[1]["ebm"].items():  # snapshot 1 = iteration 10
+        np.testing.assert_array_equal(np.asarray(best[k]), v)
+    assert any(not np.array_equal(np.asarray(final[k]), v) for k, v in kept[1]["ebm"].items())

@@ -5,12 +5,22 @@
 
 Trains q_α (Flow2D) and f_θ (MLP EBM) with paper Algorithm 1 (paddle_coopflow/coopflow.py) and
 writes into Global.output_dir:
-  figure.png      Figure-2 style panels: ground truth, density of q_α, density of p_θ ∝ exp f_θ
-                  (normalised numerically on the grid), samples of q_α, samples of π = K_θ q_α;
-  samples.npz     arrays `flow` and `coopflow` ([Eval.num_samples, 2] each) and `heldout`;
-  metrics.json    Toy.metric of each sample set against held-out data (+ the history when
-                  Toy.eval_every > 0, and a data-vs-data reference), also printed and logged;
-  config.yaml, train.log, stats.jsonl, flow.pdparams, ebm.pdparams.
+  figure.png      Figure-2 style panels of the reported model: ground truth, density of q_α, density
+                  of p_θ ∝ exp f_θ (normalised numerically on the grid), samples of q_α, samples of
+                  π = K_θ q_α; the title names the model's iteration and the final model's metric;
+  samples.npz     arrays `flow` and `coopflow` ([Eval.num_samples, 2] each) of the reported model,
+                  `heldout`, and `iter` (the reported model's iteration);
+  metrics.json    Toy.metric of the reported model and of the final one against held-out data (+ the
+                  history when Toy.eval_every > 0, and a data-vs-data reference), also printed and logged;
+  flow.pdparams, ebm.pdparams              the reported model's weights;
+  flow_final.pdparams, ebm_final.pdparams  the weights at the last iteration trained;
+  config.yaml, train.log, stats.jsonl.
+
+The reported model is the best of the evaluations (every Toy.eval_every iterations and at the end),
+ranked by the metric of π: a run that degrades late still reports its best state. The health check
+(paddle_coopflow/engine/health.py, section Health) watches every iteration for a finite blow-up; on
+one, training stops, the outputs above are written for the best model evaluated before it, and the
+tool exits with status 2 and one line naming the iteration and the quantity.
 
 K_θ at evaluation is the *training* transition (Langevin.step_size, with the training noise), so
 the π samples are draws from the distribution the flow was fitted to. Langevin.test_step_size is
@@ -44,6 +54,18 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"Data.name={cfg.Data.name!r} is not a 2-D set; use spiral|moons|rings|checkerboard|file")
     if cfg.Train.mode != "coopflow" or cfg.Train.pretrain_epochs or cfg.Train.warmup_epochs:
         raise UserError("tools/toy2d.py supports Train.mode=coopflow with pretrain_epochs=0 and warmup_epochs=0")
+
+
+def load_data(cfg: Config):
+    """(training points [N, 2], held-out points [M, 2]); bad data is a one-line UserError before any file is written."""
+    from paddle_coopflow.data import DatasetError
+    from paddle_coopflow.data.toy2d import toy_train_heldout
+
+    try:
+        return toy_train_heldout(cfg.Data.name, cfg.Data.root, cfg.Data.num_points, cfg.Data.noise,
+                                 cfg.Toy.heldout_points, cfg.Global.seed)
+    except DatasetError as err:
+        raise UserError(str(err)) from None
 
 
 def prepare_run_dir(cfg: Config) -> str:
@@ -131,8 +153,8 @@ def density_grids(coop, cfg: Config):
     return q.reshape(g, g), p.reshape(g, g), float(q.sum() * cell)
 
 
-def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics) -> None:
-    """The Figure-2 style panel row, saved as PNG (matplotlib, Agg)."""
+def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics: dict) -> None:
+    """The Figure-2 style panel row of the reported model, saved as PNG (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +163,7 @@ def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics) -> None:
     r = cfg.Toy.plot_range
     ext = (-r, r, -r, r)
     name = cfg.Toy.metric.upper()
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4.6))
     panels = [("ground truth (held-out)", heldout, None), ("density of q_α", None, q),
               ("density of p_θ ∝ exp f_θ", None, p),
               (f"samples of q_α  ({name} {metrics['flow']:.4g})", xf, None),
@@ -157,7 +179,10 @@ def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"CoopFlow 2-D ({cfg.Data.name}), T = {cfg.Langevin.n_steps}, s = {cfg.Langevin.step_size}")
+    fin = metrics["final"]
+    fig.suptitle(f"CoopFlow 2-D ({cfg.Data.name}), T = {cfg.Langevin.n_steps}, s = {cfg.Langevin.step_size}: "
+                 f"best model, iteration {metrics['iter']}   (final model, iteration {fin['iter']}: {name} q_α "
+                 f"{fin['flow']:.4g}, π {fin['coopflow']:.4g})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -166,42 +191,65 @@ def plot_figure(path: str, heldout, q, p, xf, xc, cfg: Config, metrics) -> None:
 def _log_stats(it: int, iters: int, epoch: int, epochs: int, st: dict, t_iter: float, eta: float) -> str:
     from paddle_coopflow.logger import format_eta
 
-    keys = ("ebm_loss", "f_data", "f_revised", "f_proposal", "flow_nll", "langevin_mse", "noise_std",
-            "lr_ebm", "lr_flow")
+    keys = ("ebm_loss", "ebm_energy_l2", "f_data", "f_revised", "f_proposal", "flow_nll", "langevin_mse",
+            "noise_std", "lr_ebm", "lr_flow")
     body = " ".join(f"{k} {st[k]:.4g}" for k in keys if k in st)
     return f"[toy] epoch {epoch + 1}/{epochs} iter {it}/{iters} {body} batch_cost {t_iter:.3f}s eta {format_eta(eta)}"
 
 
-def train(cfg: Config, out: str, logger) -> dict:
-    """Train, evaluate, plot, save. Returns the metrics dict written to metrics.json."""
-    from paddle_coopflow.data import DatasetError
-    from paddle_coopflow.data.toy2d import toy_train_heldout
+def snapshot(coop) -> dict:
+    """Copies of both nets' weights (NumPy), to restore the best model after training."""
+    return {name: {k: v.numpy().copy() for k, v in net.state_dict().items()}
+            for name, net in (("flow", coop.flow), ("ebm", coop.ebm))}
 
-    try:
-        train_pts, heldout = toy_train_heldout(cfg.Data.name, cfg.Data.root, cfg.Data.num_points, cfg.Data.noise,
-                                               cfg.Toy.heldout_points, cfg.Global.seed)
-    except DatasetError as err:
-        raise UserError(str(err)) from None
+
+def restore(coop, snap: dict) -> None:
+    import paddle
+
+    for name, net in (("flow", coop.flow), ("ebm", coop.ebm)):
+        net.set_state_dict({k: paddle.to_tensor(v) for k, v in snap[name].items()})
+
+
+def train(cfg: Config, out: str, logger, data) -> dict:
+    """Train, evaluate, plot, save. Returns the metrics dict written to metrics.json.
+
+    Raises:
+        UserError: the health check found a finite blow-up (outputs of the best model are written first).
+    """
+    train_pts, heldout = data
     coop = build_coopflow(cfg, len(train_pts))
     t0 = time.time()
-    history, last_epoch = train_loop(coop, train_pts, heldout, cfg, logger)
+    run = train_loop(coop, train_pts, heldout, cfg, logger)
     train_time = time.time() - t0
-    res = finish(coop, train_pts, heldout, cfg, out, history, last_epoch)
+    res = finish(coop, train_pts, heldout, cfg, out, run)
     res.update(train_seconds=train_time, total_seconds=time.time() - t0)
     with open(os.path.join(out, "metrics.json"), "w") as fh:
         json.dump(res, fh, indent=1)
-    logger.record(res["iterations"], {"eval/flow": res["flow"], "eval/coopflow": res["coopflow"]})
-    sw = res["all_metrics"]["swd"]
-    logger.info(f"[final] {res['metric']} vs held-out: flow (q_α) {res['flow']:.5g}  coopflow (π) "
-                f"{res['coopflow']:.5g}  data-vs-data reference {res['data_reference']:.5g} | swd flow "
-                f"{sw['flow']:.4g} coopflow {sw['coopflow']:.4g} data {sw['data_reference']:.4g} | q_α mass on "
-                f"grid {res['q_mass_on_grid']:.3f}  train {train_time:.0f}s total {res['total_seconds']:.0f}s")
+    logger.record(res["iter"], {"eval/flow": res["flow"], "eval/coopflow": res["coopflow"]})
+    sw, fin = res["all_metrics"]["swd"], res["final"]
+    logger.info(f"[final] {res['metric']} vs held-out, best model (iteration {res['iter']}): flow (q_α) "
+                f"{res['flow']:.5g}  coopflow (π) {res['coopflow']:.5g}  data-vs-data reference "
+                f"{res['data_reference']:.5g} | swd flow {sw['flow']:.4g} coopflow {sw['coopflow']:.4g} data "
+                f"{sw['data_reference']:.4g} | q_α mass on grid {res['q_mass_on_grid']:.3f} | final model "
+                f"(iteration {fin['iter']}): flow {fin['flow']:.5g} coopflow {fin['coopflow']:.5g} | train "
+                f"{train_time:.0f}s total {res['total_seconds']:.0f}s")
+    if res["blowup"]:
+        raise UserError(f"{res['blowup']}; training stopped. {out}/metrics.json reports the best model "
+                        f"(iteration {res['iter']}, {res['metric']} π {res['coopflow']:.4g})")
     return res
 
 
-def train_loop(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, logger):
-    """Algorithm-1 iterations over shuffled minibatches. Returns (metric history, last epoch)."""
+def train_loop(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, logger) -> dict:
+    """Algorithm-1 iterations over shuffled minibatches, the periodic evaluations and the health check.
+
+    Returns:
+        {"history": metric history, "epoch": last epoch, "iters_run": iterations trained,
+         "best": the best evaluation with its weights (or None), "blowup": the health message or None}.
+    """
     import paddle
+
+    from paddle_coopflow.engine.health import HealthCheck
+    from paddle_coopflow.engine.outputs import TAGS
 
     seed, ev_every = cfg.Global.seed, cfg.Toy.eval_every
     b, per_epoch, iters = schedule(cfg, len(train_pts))
@@ -210,61 +258,78 @@ def train_loop(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, lo
                 f"{iters} iterations of batch {b} ({per_epoch} per epoch); T={cfg.Langevin.n_steps} "
                 f"s={cfg.Langevin.step_size} noise={cfg.Langevin.noise}")
     n_ev = min(cfg.Toy.metric_points, cfg.Eval.num_samples)
-    history, bad_run, t0, epoch = [], 0, time.time(), 0
+    run = {"history": [], "epoch": 0, "iters_run": 0, "best": None, "blowup": None}
+    health, bad_run, t0 = HealthCheck(cfg.Health), 0, time.time()
     rng = np.random.default_rng([seed, 7])
     perm, pos = rng.permutation(len(train_pts)), 0
-    for it in range(0, iters + 1):
-        if ev_every and (it % ev_every == 0) and it != iters:
-            m, _, _ = evaluate(coop, heldout, cfg, epoch, n_ev, seed)
-            history.append(dict(iter=it, **m))
-            logger.info(f"[eval] iter {it} {cfg.Toy.metric} flow {m['flow']:.5g} coopflow {m['coopflow']:.5g}")
-            logger.record(it, {"eval/flow": m["flow"], "eval/coopflow": m["coopflow"]})
-        if it == iters:
-            break
+    for it in range(0, iters):
+        if ev_every and it % ev_every == 0:
+            keep_if_best(run, coop, evaluate(coop, heldout, cfg, run["epoch"], n_ev, seed)[0], it, cfg, logger)
         if pos + b > len(perm):
             perm, pos = rng.permutation(len(train_pts)), 0
         x = paddle.to_tensor(train_pts[perm[pos:pos + b]])
         pos += b
-        epoch = it // per_epoch
+        run["epoch"] = epoch = it // per_epoch
         t_it = time.time()
         st = coop.train_step(x, epoch, it % per_epoch)
+        run["iters_run"] = it + 1
         bad_run = bad_run + 1 if st["nonfinite"] else 0
         if bad_run >= cfg.Global.max_consecutive_nonfinite:
             raise UserError(f"{bad_run} non-finite steps in a row at iteration {it + 1}; lower the learning "
                             f"rates or Langevin.step_size")
-        if (it + 1) % cfg.Global.log_interval == 0 or it + 1 == iters:
+        run["blowup"] = health.update(it + 1, st)
+        if (it + 1) % cfg.Global.log_interval == 0 or it + 1 == iters or run["blowup"]:
             eta = (time.time() - t0) / (it + 1) * (iters - it - 1)
             logger.info(_log_stats(it + 1, iters, epoch, epochs, st, time.time() - t_it, eta))
-            logger.record(it + 1, {f"train/{k}": v for k, v in st.items() if isinstance(v, float)})
-    return history, epoch
+            logger.record(it + 1, {TAGS.get(k, f"train/{k}"): v for k, v in st.items() if isinstance(v, float)})
+        if run["blowup"]:
+            logger.info(run["blowup"])
+            break
+    return run
 
 
-def finish(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, out: str, history: list,
-           epoch: int) -> dict:
-    """Final samples, metrics (both kinds), densities, figure, samples.npz and weights."""
+def keep_if_best(run: dict, coop, m: dict, it: int, cfg: Config, logger) -> None:
+    """Log one evaluation, add it to the history, and keep the nets' weights when π's metric is the best so far."""
+    run["history"].append(dict(iter=it, **m))
+    logger.info(f"[eval] iter {it} {cfg.Toy.metric} flow {m['flow']:.5g} coopflow {m['coopflow']:.5g}")
+    logger.record(it, {"eval/flow": m["flow"], "eval/coopflow": m["coopflow"]})
+    if run["best"] is None or m["coopflow"] < run["best"]["coopflow"]:
+        run["best"] = dict(iter=it, epoch=run["epoch"], **m, weights=snapshot(coop))
+
+
+def finish(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, out: str, run: dict) -> dict:
+    """Final evaluation, then the best model's samples, metrics (both kinds), densities, figure and weights."""
     import paddle
 
     from paddle_coopflow.metrics.sample_distance import sample_distance
 
-    seed = cfg.Global.seed
-    final, xf, xc = evaluate(coop, heldout, cfg, epoch, cfg.Eval.num_samples, seed)
-    iters = schedule(cfg, len(train_pts))[2]
+    seed, n, last = cfg.Global.seed, cfg.Eval.num_samples, run["iters_run"]
+    final, xf, xc = evaluate(coop, heldout, cfg, run["epoch"], n, seed)
     if cfg.Toy.eval_every:
-        history.append(dict(iter=iters, **final))
+        run["history"].append(dict(iter=last, **final))
+    paddle.save(coop.flow.state_dict(), os.path.join(out, "flow_final.pdparams"))
+    paddle.save(coop.ebm.state_dict(), os.path.join(out, "ebm_final.pdparams"))
+    best, rep = run["best"], dict(iter=last, **final)
+    if best is not None and best["coopflow"] < final["coopflow"]:
+        restore(coop, best["weights"])
+        m, xf, xc = evaluate(coop, heldout, cfg, best["epoch"], n, seed)
+        rep = dict(iter=best["iter"], **m)
     kw = dict(bandwidths=cfg.Toy.mmd_bandwidths, max_points=cfg.Toy.metric_points, seed=seed)
     both = {m: {"flow": sample_distance(m, xf, heldout, **kw), "coopflow": sample_distance(m, xc, heldout, **kw),
                 "data_reference": sample_distance(m, train_pts, heldout, **kw)} for m in ("mmd", "swd")}
     q, p, q_mass = density_grids(coop, cfg)
-    plot_figure(os.path.join(out, "figure.png"), heldout, q, p, xf, xc, cfg, final)
+    res = {"metric": cfg.Toy.metric, "model": "best", "iter": rep["iter"], "flow": rep["flow"],
+           "coopflow": rep["coopflow"], "final": dict(iter=last, **final),
+           "data_reference": both[cfg.Toy.metric]["data_reference"], "iterations": schedule(cfg, len(train_pts))[2],
+           "iterations_run": last, "blowup": run["blowup"], "n_steps": cfg.Langevin.n_steps, "num_samples": n,
+           "metric_points": cfg.Toy.metric_points, "all_metrics": both, "q_mass_on_grid": q_mass,
+           "history": run["history"]}
+    plot_figure(os.path.join(out, "figure.png"), heldout, q, p, xf, xc, cfg, res)
     np.savez(os.path.join(out, "samples.npz"), flow=xf.astype(np.float32), coopflow=xc.astype(np.float32),
-             heldout=heldout)
+             heldout=heldout, iter=np.int64(rep["iter"]))
     paddle.save(coop.flow.state_dict(), os.path.join(out, "flow.pdparams"))
     paddle.save(coop.ebm.state_dict(), os.path.join(out, "ebm.pdparams"))
-    return {"metric": cfg.Toy.metric, "flow": final["flow"], "coopflow": final["coopflow"],
-            "data_reference": both[cfg.Toy.metric]["data_reference"], "iterations": iters,
-            "n_steps": cfg.Langevin.n_steps, "num_samples": cfg.Eval.num_samples,
-            "metric_points": cfg.Toy.metric_points, "all_metrics": both, "q_mass_on_grid": q_mass,
-            "history": history}
+    return res
 
 
 def main(argv=None) -> int:
@@ -280,6 +345,7 @@ def main(argv=None) -> int:
     from paddle_coopflow.logger import RunLogger
     from paddle_coopflow.utils.env import resolve_device, seed_everything, setup_threads
 
+    data = load_data(cfg)
     out = prepare_run_dir(cfg)
     threads = setup_threads(cfg.Global.threads)
     device = resolve_device(cfg.Global.device)
@@ -293,7 +359,7 @@ def main(argv=None) -> int:
         if cfg.Langevin.engine == "static":
             logger.info(f"Langevin.engine={cfg.Langevin.engine} ignored: the 2-D tool uses the dygraph step "
                         f"(the static step crashes with the MLP EBM)")
-        train(cfg, out, logger)
+        train(cfg, out, logger, data)
     finally:
         logger.close()
     return 0
