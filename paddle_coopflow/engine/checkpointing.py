@@ -92,6 +92,7 @@ def load_training_checkpoint(prefix: str, nets: Mapping[str, object],
     """
     data = ckpt.load_checkpoint(prefix)
     p, o = data["params"], data["opt"]
+    _check_progress(data["states"], prefix)
     optims = optims(data["states"])
     for k, net in nets.items():
         if net is None:
@@ -104,9 +105,27 @@ def load_training_checkpoint(prefix: str, nets: Mapping[str, object],
         if name not in o:
             raise CheckpointError(f"checkpoint {prefix} has no '{name}' optimizer state; it was written in "
                                   "another phase or mode than this config resumes")
-        bundle.optimizer.set_state_dict(portable_opt_state(o[name], net, False))
-        bundle.scheduler.set_state_dict(o[name + "_sched"])
+        try:
+            bundle.optimizer.set_state_dict(portable_opt_state(o[name], net, False))
+            bundle.scheduler.set_state_dict(o[name + "_sched"])
+        except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {prefix}: the '{name}' optimizer state does not fit this run's "
+                                  f"optimizer ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     return data["states"]
+
+
+# What the trainer reads from a progress dict, and the type each must have.
+_PROGRESS = {"epoch": int, "batch_pos": int, "global_iter": int, "gstep": int, "counters": dict, "best": dict,
+             "rng": dict}
+
+
+def _check_progress(states: Dict, prefix: str) -> None:
+    """A one-line CheckpointError unless `states` holds the counters and RNG states a resume needs."""
+    bad = [k for k, t in _PROGRESS.items() if not isinstance(states.get(k), t) or isinstance(states.get(k), bool)]
+    if bad:
+        raise CheckpointError(f"{prefix}.pdstates lacks {', '.join(bad)} (or holds another type): it is not the "
+                              "progress of a training run, so it cannot be resumed; start a new run, or pass it "
+                              "with -o Train.init_flow=PREFIX to start from its flow")
 
 
 def prune(ckpt_dir: str, keep: int) -> None:
