@@ -3,8 +3,9 @@
     python tools/convert_inception.py pt_inception-2015-12-05-6726825d.pth \
         -o inception_fid.pdparams
 
-torch is not needed (paddle_coopflow.utils.pth_reader parses the file). The
-result is checked by loading it into the network; pass either file to
+torch is not needed (paddle_coopflow.utils.pth_reader parses the file with an
+allow-list unpickler: a file naming anything but tensors is refused, nothing in it
+runs). The result is checked by loading it into the network; pass either file to
 -o Eval.inception_weights=PATH. Converting is optional: the .pth loads directly.
 """
 from __future__ import annotations
@@ -33,7 +34,14 @@ def convert(src: str, dst: str) -> int:
     state = net.state_dict()
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = dst + ".tmp"
-    paddle.save(state, tmp)
+    try:
+        paddle.save(state, tmp)
+    except BaseException as err:  # a full disk or an interrupt: no half-written file stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write {dst} ({err.strerror or err}); nothing was written") from None
+        raise
     os.replace(tmp, dst)  # never leave a half-written file under the final name
     return len(state)
 

@@ -112,7 +112,11 @@ class InTrainingFID:
         return None
 
     def check(self) -> None:
-        """Fail fast (before training) with a one-line UserError when the evaluation could not run."""
+        """Fail fast (before training) with a one-line UserError when the evaluation could not run.
+
+        The Inception weights file is read and matched against the network here (a corrupt,
+        refused or foreign file fails like a missing one); the network itself is built on first use.
+        """
         e = self.cfg.Eval
         if not (e.fid_every_epochs or e.fid_every_iters):
             return
@@ -131,6 +135,13 @@ class InTrainingFID:
                             "data:train --save-stats PATH -c CONFIG, or leave it empty to compute it")
         if e.ref_root and not os.path.isdir(e.ref_root):
             raise UserError(f"Eval.ref_root '{e.ref_root}' is not a folder of images")
+        if not e.feature_model:  # read and match the weights now, not after the first epoch
+            from ..metrics.inception import check_weight_file
+
+            try:
+                check_weight_file(e.inception_weights)
+            except UserError as err:
+                raise UserError(weights_hint(f"its weights file cannot be used ({err})")) from None
 
     def _build_evaluator(self):
         from ..metrics.fid import FIDEvaluator

@@ -162,6 +162,16 @@ def load_feature_model(prefix: str):
     if not have or not os.path.isfile(prefix + ".pdiparams"):
         raise UserError(f"feature model '{prefix}' not found: expected {prefix}.json (or .pdmodel) and "
                         f"{prefix}.pdiparams written by paddle.jit.save; set Eval.feature_model=PREFIX")
+    info = prefix + ".pdiparams.info"
+    if os.path.isfile(info):  # paddle.jit.load unpickles it without restriction: it must pass the allow-list first
+        from paddle_coopflow.utils import safe_pickle
+
+        try:
+            with open(info, "rb") as fh:
+                safe_pickle.load(fh)
+        except Exception as err:
+            raise UserError(f"feature model file '{info}' refused, nothing in it was run: "
+                            f"{' '.join(str(err).split())[:300]}") from None
     try:
         net = paddle.jit.load(prefix)
     except Exception as err:  # a truncated or foreign file: Paddle raises many kinds

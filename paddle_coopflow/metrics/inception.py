@@ -268,42 +268,51 @@ def weights_missing_message(detail: str = "no file given") -> str:
 
 
 def read_weight_file(path: str) -> Dict[str, np.ndarray]:
-    """Read a pytorch-fid `.pth` (no torch needed) or a `.pdparams`; keys in torch naming."""
+    """Read a pytorch-fid `.pth` (no torch needed) or a `.pdparams`; keys in torch naming.
+
+    Both are read with the allow-list unpickler (paddle_coopflow.utils.safe_pickle): a file that
+    names anything but tensors and plain data is refused without running it.
+    """
+    from paddle_coopflow.utils import safe_pickle
+    from paddle_coopflow.utils.pth_reader import load_state_dict
+
     if not path:
         raise UserError(weights_missing_message())
     if not os.path.isfile(path):
         raise UserError(weights_missing_message(f"'{path}' does not exist"))
     try:
         if path.endswith(".pdparams"):
-            raw = paddle.load(path, return_numpy=True)
+            raw = safe_pickle.load_paddle(path, return_numpy=True)
         else:
-            from paddle_coopflow.utils.pth_reader import load_state_dict
             raw = load_state_dict(path)
-    except UserError:
-        raise
+    except safe_pickle.PickleRefused as e:
+        raise UserError(f"FID Inception weights '{path}' refused, nothing in it was run: {e}") from None
     except Exception as e:  # corrupt / truncated / not a checkpoint
         raise UserError(f"cannot read FID Inception weights '{path}': {type(e).__name__}: "
-                        f"{e}".replace("\n", " ")) from None
-    return {paddle_to_torch_key(k): np.asarray(v) for k, v in raw.items()}
+                        f"{' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"FID Inception weights '{path}' hold a {type(raw).__name__}, not a state dict; "
+                        f"expected {FID_WEIGHTS_FILE}")
+    return {paddle_to_torch_key(str(k)): np.asarray(v) for k, v in raw.items()}
 
 
-def load_inception_weights(net: FIDInceptionV3, path: str) -> None:
-    """Load pytorch-fid's FID weights (or a converted .pdparams) into `net`, strictly.
+def _fitted_state(state: Dict[str, np.ndarray], shapes: Dict[str, tuple], path: str) -> Dict[str, np.ndarray]:
+    """`state` (torch names) as the network's float32 state dict, every key and shape checked.
 
-    Every network parameter/buffer must be present with the right shape; keys the
-    feature extractor does not use (fc.*, num_batches_tracked) are ignored; any
-    other extra key means a different network, so it is an error too.
+    Every network parameter/buffer must be present with the right shape; keys the feature
+    extractor does not use (fc.*, num_batches_tracked) are ignored; any other extra key means a
+    different network, so it is an error too.
     """
-    state = read_weight_file(path)
+    state = dict(state)
     new_state, missing, bad_shape = {}, [], []
-    for pd_key, tensor in net.state_dict().items():
+    for pd_key, shape in shapes.items():
         pt_key = paddle_to_torch_key(pd_key)
         if pt_key not in state:
             missing.append(pt_key)
             continue
         value = state.pop(pt_key)
-        if tuple(value.shape) != tuple(tensor.shape):
-            bad_shape.append(f"{pt_key} {tuple(value.shape)} vs {tuple(tensor.shape)}")
+        if tuple(value.shape) != tuple(shape) or value.dtype.kind not in "fiu":
+            bad_shape.append(f"{pt_key} {tuple(value.shape)} {value.dtype} vs {tuple(shape)}")
             continue
         new_state[pd_key] = value.astype(np.float32)
     extra = [k for k in state if not (k.startswith(_IGNORED_PREFIXES)
@@ -318,7 +327,27 @@ def load_inception_weights(net: FIDInceptionV3, path: str) -> None:
             parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
         raise UserError(f"'{path}' is not the FID Inception state dict: " + "; ".join(parts)
                         + f" — expected {FID_WEIGHTS_FILE}")
-    net.set_state_dict(new_state)
+    return new_state
+
+
+def _shapes(net: nn.Layer) -> Dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def load_inception_weights(net: FIDInceptionV3, path: str) -> None:
+    """Load pytorch-fid's FID weights (or a converted .pdparams) into `net`, strictly."""
+    net.set_state_dict(_fitted_state(read_weight_file(path), _shapes(net), path))
+
+
+def check_weight_file(path: str) -> None:
+    """Raise the one-line UserError :func:`load_inception_weights` would, without keeping a network.
+
+    The file is read and every key and shape is checked against the network's; the network is
+    built lazily (no parameter is initialised, the RNG streams are untouched).
+    """
+    with paddle.LazyGuard():
+        shapes = _shapes(FIDInceptionV3())
+    _fitted_state(read_weight_file(path), shapes, path)
 
 
 def random_init_(net: FIDInceptionV3, seed: int = 0) -> None:
