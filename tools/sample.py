@@ -26,14 +26,18 @@ from paddle_coopflow.cli import add_model_args, load_model, run_cli
 from paddle_coopflow.errors import UserError
 
 
+def _old_pngs(path: str, overwrite: bool) -> list:
+    """PNGs another run left in `path` (to be replaced with --overwrite; an error without it)."""
+    old = [n for n in os.listdir(path) if n.endswith(".png")] if os.path.isdir(path) else []
+    if old and not overwrite:
+        raise UserError(f"{path} already holds PNG files (an FID folder must not mix runs); "
+                        "pass --overwrite or choose another --out")
+    return old
+
+
 def _prepare_dir(path: str, overwrite: bool) -> None:
-    if os.path.isdir(path) and any(n.endswith(".png") for n in os.listdir(path)):
-        if not overwrite:
-            raise UserError(f"{path} already holds PNG files (an FID folder must not mix runs); "
-                            "pass --overwrite or choose another --out")
-        for n in os.listdir(path):
-            if n.endswith(".png"):
-                os.remove(os.path.join(path, n))
+    for n in _old_pngs(path, overwrite):
+        os.remove(os.path.join(path, n))
     os.makedirs(path, exist_ok=True)
 
 
@@ -104,9 +108,13 @@ def main(argv=None):
     writer = Writer(args)
     if not args.no_png:
         for d in writer.dirs.values():
+            _old_pngs(d, args.overwrite)
+    # The checkpoint is read and checked before anything is created or removed under --out.
+    cfg, flow, ebm = load_model(args.config, args.override, args.ckpt)
+    if not args.no_png:
+        for d in writer.dirs.values():
             _prepare_dir(d, args.overwrite)
     os.makedirs(args.out, exist_ok=True)
-    cfg, flow, ebm = load_model(args.config, args.override, args.ckpt)
     bs = args.batch_size or cfg.Eval.sample_batch_size
     seed = cfg.Global.seed if args.seed is None else args.seed
     T, s = cfg.Langevin.n_steps, cfg.Langevin.test_step_size

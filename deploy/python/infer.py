@@ -113,7 +113,7 @@ def read_infer_cfg(model_dir: str) -> dict:
 
 # ----------------------------------------------------------------------------------- params check
 # Bytes per element of Paddle's VarType data types (framework.proto) that exported programs hold.
-_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16}
+_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16, 32: 1, 33: 1}
 
 
 def _varint(buf: bytes, i: int):
@@ -125,8 +125,8 @@ def _varint(buf: bytes, i: int):
             return out, i
 
 
-def _tensor_bytes(desc: bytes):
-    """Data bytes of a serialized VarType.TensorDesc (field 1 data type, field 2 dims); None if unknown."""
+def _tensor_bytes(desc: bytes) -> int:
+    """Data bytes of a serialized VarType.TensorDesc (field 1 data type, field 2 dims)."""
     dtype, numel, i = None, 1, 0
     while i < len(desc):
         key, i = _varint(desc, i)
@@ -141,15 +141,52 @@ def _tensor_bytes(desc: bytes):
                 numel *= v
         else:
             raise ValueError(f"unexpected protobuf wire type {key & 7}")
-    return numel * _DTYPE_BYTES[dtype] if dtype in _DTYPE_BYTES and numel < 1 << 62 else None
+    if dtype not in _DTYPE_BYTES:
+        raise ValueError(f"a tensor of unknown data type {dtype}")
+    return numel * _DTYPE_BYTES[dtype]
+
+
+def _uint(buf: bytes, i: int, n: int, what: str) -> int:
+    """The little-endian unsigned integer of `n` bytes at `i`; ValueError when the file ends first."""
+    if i + n > len(buf):
+        raise ValueError(f"the file ends inside a tensor's {what}")
+    return int.from_bytes(buf[i:i + n], "little")
+
+
+def _next_tensor(buf: bytes, i: int) -> int:
+    """Offset after the tensor at `i`: every count read from the file is bounded by the file's size.
+
+    Layout: uint32 version 0, uint64 LoD levels, per level uint64 byte size + offsets, uint32
+    version 0, int32 TensorDesc size, the TensorDesc, the raw data.
+    """
+    if _uint(buf, i, 4, "version") != 0:
+        raise ValueError(f"byte {i}: tensor version {_uint(buf, i, 4, 'version')} (Paddle writes 0)")
+    levels, i = _uint(buf, i + 4, 8, "LoD level count"), i + 12
+    if levels > (len(buf) - i) // 8:
+        raise ValueError(f"a LoD level count of {levels} at byte {i - 8} exceeds what the file can hold")
+    for _ in range(levels):
+        size, i = _uint(buf, i, 8, "LoD size"), i + 8
+        if size > len(buf) - i:
+            raise ValueError(f"a LoD of {size} bytes at byte {i - 8} runs past the end of the file")
+        i += size
+    if _uint(buf, i, 4, "version") != 0:
+        raise ValueError(f"byte {i}: tensor data version {_uint(buf, i, 4, 'version')} (Paddle writes 0)")
+    size = _uint(buf, i + 4, 4, "header size")
+    if size > len(buf) - i - 8:
+        raise ValueError("a tensor header runs past the end of the file")
+    data = _tensor_bytes(buf[i + 8:i + 8 + size])
+    if data > len(buf) - i - 8 - size:
+        raise ValueError(f"a tensor of {data} bytes at byte {i + 8 + size} runs past the end of the file")
+    return i + 8 + size + data
 
 
 def check_params_file(path: str) -> None:
     """Raise DeployError when a .pdiparams is truncated or corrupt.
 
     Paddle Inference does not check that a tensor's data is all there: a file cut inside a tensor loads,
-    runs and gives wrong numbers. The file is a sequence of tensors (uint32 version, uint64 LoD level and
-    the LoD, uint32 version, int32 size + TensorDesc, raw data), so its size must match what they declare.
+    runs and gives wrong numbers, and a count read from damaged bytes can make it loop for hours. The
+    file is a sequence of tensors (:func:`_next_tensor`); every one must lie inside the file and together
+    they must fill it exactly.
     """
     with open(path, "rb") as fh:
         buf = fh.read()
@@ -158,19 +195,9 @@ def check_params_file(path: str) -> None:
         raise DeployError(f"{path} is empty; {fix}")
     try:
         while i < len(buf):
-            for _ in range(int.from_bytes(buf[i + 4:i + 12], "little")):  # LoD levels
-                i += 8 + int.from_bytes(buf[i + 12:i + 20], "little")
-            size = int.from_bytes(buf[i + 16:i + 20], "little", signed=True)
-            if size < 0 or i + 20 + size > len(buf):
-                raise ValueError("a tensor header runs past the end of the file")
-            data = _tensor_bytes(buf[i + 20:i + 20 + size])
-            if data is None:
-                return  # a data type this check does not know: leave the file to Paddle
-            i += 20 + size + data
+            i = _next_tensor(buf, i)
     except (ValueError, IndexError) as err:
-        raise DeployError(f"{path} is corrupt ({err}); {fix}") from None
-    if i != len(buf):
-        raise DeployError(f"{path} is truncated or corrupt: its tensors need {i} bytes, the file has {len(buf)}; {fix}")
+        raise DeployError(f"{path} is truncated or corrupt ({err}); {fix}") from None
 
 
 # ----------------------------------------------------------------------------------- predictor
