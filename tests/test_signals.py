@@ -1,10 +1,13 @@
 """A real SIGTERM sent to a real `tools/train.py` process: clean stop at an iteration boundary, exit 143,
-and a resume from the saved `latest` that reaches the parameters of a straight run bit for bit."""
+and a resume from the saved `latest` that reaches the parameters of a straight run bit for bit; a second
+SIGTERM is still a termination (143), with `latest` left at the last boundary."""
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from conftest import ROOT
 from tiny_run import checkpoint_tensors, mismatches, run_tiny, states, tiny_cfg
@@ -44,3 +47,31 @@ def test_sigterm_saves_latest_at_a_boundary_and_exits_143(tmp_path):
     bad = mismatches(a, checkpoint_tensors(run / "ckpt" / "latest"))
     print(f"SIGTERM at iter {k}: resumed to {k + 2}, {len(a)} tensors compared, {len(bad)} mismatches")
     assert not bad, bad[:5]
+
+
+def test_second_sigterm_is_still_a_termination(tmp_path):
+    """Two SIGTERMs inside iteration 3: the second abandons it at once; the run ends as TrainingStopped with
+    exit code 143 (not KeyboardInterrupt's 130), no temporary file is left, `latest` is iteration 2."""
+    from paddle_coopflow.engine import Trainer, TrainingStopped
+
+    run = tmp_path / "run"
+    tr = Trainer(tiny_cfg(run, "Train.max_iters=5", "Global.save_interval=1", "Global.sample_interval=0"))
+    revise = tr.learner.revise
+    sent = []
+
+    def revise_and_signal_twice(*a, **k):
+        if tr.global_iter == 2 and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only records it
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
+        return revise(*a, **k)
+
+    tr.learner.revise = revise_and_signal_twice
+    with pytest.raises(TrainingStopped) as stopped:
+        tr.train()
+    assert stopped.value.exit_code == 143 and "second signal SIGTERM" in str(stopped.value)
+    assert "interrupted inside iter 3: abandoned" in (run / "train.log").read_text()
+    assert states(run / "ckpt" / "latest")["global_iter"] == 2
+    assert not [f for f in os.listdir(run / "ckpt") if ".tmp" in f]
+    assert signal.getsignal(signal.SIGTERM) is not None and "StopOnSignal" not in repr(signal.getsignal(signal.SIGTERM))

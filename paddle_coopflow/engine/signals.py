@@ -3,9 +3,12 @@
 While training runs, the first signal only sets a flag; the loop finishes the iteration in progress,
 saves ``latest`` at that iteration boundary and raises :class:`TrainingStopped`, which the tool turns
 into exit status 128 + signal (143 for SIGTERM, 130 for SIGINT). A second signal abandons the
-iteration in progress at once (KeyboardInterrupt; nothing more is saved). Paddle installs its own handlers when it
-is imported (they abort with a stack dump), so these handlers are installed after ``import paddle``,
-only around the loop, and the previous ones are put back afterwards.
+iteration in progress at once: it raises a KeyboardInterrupt (so no ``except Exception`` on the way
+can swallow it; nothing more is saved), which leaves the block as :class:`TrainingAbandoned`, a
+TrainingStopped whose exit status is that of the second signal (a second SIGTERM is still 143).
+Paddle installs its own handlers when it is imported (they abort with a stack dump), so these
+handlers are installed after ``import paddle``, only around the loop, and the previous ones are put
+back afterwards.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import threading
 from types import FrameType
 from typing import Dict, Optional
 
-__all__ = ["TrainingStopped", "StopOnSignal"]
+__all__ = ["TrainingStopped", "TrainingAbandoned", "StopOnSignal"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -33,9 +36,22 @@ class TrainingStopped(Exception):
         self.exit_code = 128 + int(signum)
 
 
+class TrainingAbandoned(TrainingStopped):
+    """A second signal abandoned the iteration in progress; ``latest`` is the last boundary checkpoint."""
+
+
+class _SecondSignal(KeyboardInterrupt):
+    """Raised by the handler on a second signal; carries its number out of the block."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
 class StopOnSignal:
     """Context manager: SIGTERM/SIGINT set :attr:`signum` instead of ending the process.
 
+    A second signal raises inside the block; it leaves the block as :class:`TrainingAbandoned`.
     Outside the main thread (where Python cannot install handlers) it does nothing and
     :attr:`installed` is False.
     """
@@ -59,7 +75,7 @@ class StopOnSignal:
             return
         # A second signal abandons the iteration in progress (nothing is saved; `latest` stays the
         # last checkpoint written at a boundary).
-        raise KeyboardInterrupt
+        raise _SecondSignal(signum)
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -68,8 +84,13 @@ class StopOnSignal:
             self.installed = True
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         self._previous.clear()
         self.installed = False
+        if isinstance(exc, _SecondSignal):
+            name = signal.Signals(exc.signum).name
+            raise TrainingAbandoned(exc.signum, f"second signal {name} ({self.name} first): stopped at once; "
+                                                "resume from latest, the last checkpoint written at an "
+                                                "iteration boundary") from None
