@@ -6,6 +6,14 @@ kernels (`utils.env.mkl_avx2_on_amd`: MKL picks its kernels at its first call, s
 makes every process that imports the package first compute with the same kernels, whether or not it
 calls `setup_threads` before its first matmul). It does not import paddle itself, so
 `import paddle_coopflow` stays cheap.
+
+The Python API (:mod:`paddle_coopflow.api`; it imports paddle at first use)::
+
+    import paddle_coopflow as pcf
+
+    model = pcf.load("output/digits_demo/ckpt/latest")    # or pcf.build(...), pcf.load_official(...)
+    proposals, samples = model.sample(n=36, seed=0)        # float32 [36, C, H, W] in [-1, 1]
+    pcf.save_grid(samples, "samples.png")
 """
 import os as _os
 import warnings as _warnings
@@ -18,4 +26,7 @@ from .version import __version__  # noqa: E402
 
 _mkl_avx2_on_amd()
 
-__all__ = ["__version__"]
+from .api import CoopFlowModel, build, load, load_official, save_grid  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+__all__ = ["__version__", "CoopFlowModel", "UserError", "build", "load", "load_official", "save_grid"]

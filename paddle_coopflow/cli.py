@@ -4,8 +4,9 @@ Every tool builds its config the same way: from ``-c CONFIG`` when given, else f
 the trainer stored in ``<PREFIX>.pdstates``; ``-o Section.key=value`` overrides either. The Langevin
 settings too: T is ``-o Langevin.n_steps=…``, the sampling step size ``-o Langevin.test_step_size=…``
 (sample, eval) and the step size of the test-time tasks ``-o Langevin.step_size=…`` (reconstruct,
-inpaint, interpolate). :func:`run_cli` turns every :class:`~paddle_coopflow.errors.UserError` (config,
-dataset and checkpoint errors included) into one line on stderr and exit code 2.
+inpaint, interpolate). :func:`run_cli` checks the installed Paddle's version first
+(:func:`~paddle_coopflow.utils.env.check_paddle`) and turns every :class:`~paddle_coopflow.errors.UserError`
+(config, dataset and checkpoint errors, an unsupported Paddle) into one line on stderr and exit code 2.
 
 Importing this module does not import paddle.
 """
@@ -88,8 +89,12 @@ def one_line(err: BaseException) -> str:
 
 
 def run_cli(main: Callable, argv=None) -> int:
-    """Run ``main(argv)``; a :class:`~paddle_coopflow.errors.UserError` prints one line to stderr, exit 2."""
+    """Check Paddle's version, run ``main(argv)``; a :class:`~paddle_coopflow.errors.UserError` (an
+    unsupported Paddle included) prints one line to stderr, exit 2."""
+    from .utils.env import check_paddle
+
     try:
+        check_paddle()
         rc = main(argv)
     except UserError as err:
         print(one_line(err), file=sys.stderr)

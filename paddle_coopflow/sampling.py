@@ -32,12 +32,20 @@ def nets_in_mode(nets: Sequence[Optional[nn.Layer]], training: bool) -> Iterator
     nets = [m for m in nets if m is not None]
     was = [m.training for m in nets]
     for m in nets:
-        m.train(training)
+        _set_mode(m, training)
     try:
         yield
     finally:
         for m, mode in zip(nets, was):
-            m.train(mode)
+            _set_mode(m, mode)
+
+
+def _set_mode(net: nn.Layer, training: bool) -> None:
+    """net.train() or net.eval() (Paddle before 3.3 has no ``train(mode)``)."""
+    if training:
+        net.train()
+    else:
+        net.eval()
 
 
 def propose(flow: Optional[nn.Layer], n: Optional[int], z: Optional[paddle.Tensor],

@@ -1,4 +1,5 @@
-"""Process-level Paddle set-up: threads, MKL's kernels on AMD CPUs, malloc reuse, device, seeds.
+"""Process-level Paddle set-up: the supported Paddle versions, threads, MKL's kernels on AMD CPUs, malloc reuse,
+device, seeds.
 
 Paddle forces one CPU thread (docs/paddle_notes.md, "Threads"); training and sampling want all cores.
 """
@@ -6,7 +7,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -143,3 +146,42 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
+
+
+# The oldest PaddlePaddle the package runs on (README "Supported Paddle versions"; CI tests it and the newest).
+MIN_PADDLE = (3, 2)
+_MIN = ".".join(map(str, MIN_PADDLE))
+PADDLE_INSTALL_HINT = (f"pip install -U 'paddlepaddle>={_MIN}' (CPU), or paddlepaddle-gpu>={_MIN} from Paddle's index "
+                       "for your CUDA version (README, Install)")
+
+
+def paddle_version_tuple(version: str) -> Tuple[int, ...]:
+    """(major, minor, patch) of a Paddle version string ('3.3.1', '3.0.0rc1', '2.6.2'); () if unreadable."""
+    m = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    return tuple(int(g) for g in m.groups(default="0")) if m else ()
+
+
+def paddle_version_problem(version: str) -> Optional[str]:
+    """The one-line error for Paddle `version`, or None when it is supported.
+
+    Development builds report '0.0.0' and are taken as the newest.
+    """
+    parsed = paddle_version_tuple(version)
+    if parsed == (0, 0, 0) or (parsed and parsed[:2] >= MIN_PADDLE):
+        return None
+    return (f"PaddlePaddle {version} is installed but paddle_coopflow needs PaddlePaddle >= {_MIN}; "
+            f"{PADDLE_INSTALL_HINT}")
+
+
+def check_paddle() -> str:
+    """Import Paddle and check its version: the installed version, or a one-line UserError naming the fix."""
+    from ..errors import UserError
+
+    try:
+        import paddle
+    except ImportError as err:
+        raise UserError(f"PaddlePaddle is not installed ({err}); {PADDLE_INSTALL_HINT}") from None
+    problem = paddle_version_problem(paddle.__version__)
+    if problem:
+        raise UserError(problem)
+    return paddle.__version__
