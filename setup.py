@@ -14,7 +14,15 @@ setup(
     packages=find_packages(include=["paddle_coopflow", "paddle_coopflow.*"]),
     python_requires=">=3.8",
     # Paddle itself is NOT listed: `paddlepaddle` (CPU) or `paddlepaddle-gpu` is installed per the
-    # README, so a GPU user never gets a CPU build clobbering theirs.
+    # README, so a GPU user never gets a CPU build clobbering theirs. Supported: PaddlePaddle >= 3.2
+    # (README, "Supported Paddle versions"; CI tests 3.2.0 and the newest release). An older Paddle is a
+    # one-line error at first use (paddle_coopflow.utils.env.check_paddle).
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     install_requires=[
         "numpy>=1.21,<2.4",  # numpy 2.4 breaks float() on shape-[1] tensors (docs/paddle_notes.md)
         "pyyaml>=5.1",
