@@ -5,8 +5,9 @@ Python's `pickle` rebuilds an object by calling whatever function the file names
 resolves a name only when it is on an allow-list, by its exact ``module.name``, and every name
 resolves to a stand-in that checks its arguments instead of the real callable. What it accepts:
 
-* None, bool, int, float, complex, str, bytes, lists, tuples, sets, dicts and OrderedDicts of
-  these (pickle builds them without calling anything named in the file);
+* None, bool, int, float, complex, str, bytes, lists, tuples, dicts and OrderedDicts of these,
+  and sets where the pickle protocol has opcodes for them (4+): pickle builds all of these without
+  calling anything named in the file;
 * NumPy arrays and scalars of bool, integer, float, complex and fixed-width string dtypes, as
   NumPy pickles them (``_reconstruct`` + ``ndarray`` + ``dtype``, protocol 5's ``_frombuffer``,
   protocol 2's ``_codecs.encode`` of latin-1 text and ``bytes()``). The array is rebuilt here from its declared
@@ -35,7 +36,7 @@ import numpy as np
 __all__ = ["PickleRefused", "refuse", "Stub", "Call", "Unpickler", "materialise", "load", "loads", "load_paddle",
            "DATA_GLOBALS", "PADDLE_GLOBALS"]
 
-_ACCEPTED = "a data file may hold only arrays, numbers, strings and lists/tuples/dicts of them"
+_ACCEPTED = "forbidden: a data file may hold only arrays, numbers, strings and lists/tuples/dicts of them"
 
 
 class PickleRefused(pickle.UnpicklingError):
@@ -264,11 +265,12 @@ class Unpickler(pickle.Unpickler):
         fh: binary file object positioned at a pickle.
         extra: more (module, name) -> stand-in entries for a format (e.g. :data:`PADDLE_GLOBALS`).
         persistent_load: resolves persistent ids (torch storages); without it they are refused.
+        encoding: how Python 2 text is read: "latin1" (as paddle.load and torch) or "bytes".
     """
 
     def __init__(self, fh, extra: Optional[Mapping[Tuple[str, str], Any]] = None,
-                 persistent_load: Optional[Callable[[Any], Any]] = None):
-        super().__init__(fh, encoding="latin1")
+                 persistent_load: Optional[Callable[[Any], Any]] = None, encoding: str = "latin1"):
+        super().__init__(fh, encoding=encoding)
         self._globals = {**DATA_GLOBALS, **(extra or {})}
         self._persistent = persistent_load
 
@@ -316,19 +318,19 @@ def materialise(obj: Any) -> Any:
     return walk(obj)
 
 
-def load(fh, extra: Optional[Mapping[Tuple[str, str], Any]] = None) -> Any:
+def load(fh, extra: Optional[Mapping[Tuple[str, str], Any]] = None, encoding: str = "latin1") -> Any:
     """Read one pickle from `fh` with the allow-list (plus `extra`); stubs built.
 
     Raises:
         PickleRefused: a global off the list, or data that does not check out.
         pickle.UnpicklingError, EOFError, ValueError, MemoryError: not a (complete) pickle.
     """
-    return materialise(Unpickler(fh, extra).load())
+    return materialise(Unpickler(fh, extra, encoding=encoding).load())
 
 
-def loads(data: bytes, extra: Optional[Mapping[Tuple[str, str], Any]] = None) -> Any:
+def loads(data: bytes, extra: Optional[Mapping[Tuple[str, str], Any]] = None, encoding: str = "latin1") -> Any:
     """:func:`load` of bytes in memory."""
-    return load(io.BytesIO(data), extra)
+    return load(io.BytesIO(data), extra, encoding)
 
 
 def _is_paddle_tensor(obj) -> bool:
