@@ -19,15 +19,18 @@ Paddle tensors in, numpy arrays out). Every mistake a caller can fix raises a on
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import UserError
 
+if TYPE_CHECKING:  # the config package is imported where it is used
+    from .config import Config
+
 __all__ = ["CoopFlowModel", "load", "build", "load_official", "save_grid"]
 
-ConfigLike = Union[str, "os.PathLike[str]", "Config", None]  # noqa: F821 (paddle_coopflow.config.Config)
+ConfigLike = Union[str, "os.PathLike[str]", "Config", None]
 
 
 class CoopFlowModel:
