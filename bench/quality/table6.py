@@ -5,12 +5,14 @@
         --run coopflow=output/cifar10_cpu_coopflow --run flow_only=output/cifar10_cpu_flow_only \\
         --run langevin_only=output/cifar10_cpu_langevin_only
 
-For each run (MODE=RUN_DIR) the checkpoint RUN_DIR/ckpt/latest draws --num images from --seed the way
-tools/sample.py does (eval mode, test step size, no noise) and this writes under --out:
-    samples_MODE.npz    images: uint8 [N, 32, 32, 3] (the mode's samples; for coopflow the Langevin
+For each run (LABEL=RUN_DIR; LABEL names the row, e.g. the mode, `coopflow_pre` or `flow_lr_1e-4`) the
+checkpoint RUN_DIR/ckpt/latest draws --num images from --seed the way tools/sample.py does (eval mode, test
+step size, no noise) and this writes under --out:
+    samples_LABEL.npz   images: uint8 [N, 32, 32, 3] (the run's samples; with a flow and an EBM the Langevin
                         revisions, plus the flow proposals of the same draws under 'proposals'),
-                        seed, mode, checkpoint (inside the run directory), iteration
-    grid_MODE.png       the first 64 as an 8x8 grid, upscaled (coopflow: proposals | revisions)
+                        seed, mode (the checkpoint's Train.mode), checkpoint (inside the run directory),
+                        iteration; not written with --no-npz
+    grid_LABEL.png      the first 64 as an 8x8 grid, upscaled (coopflow: proposals | revisions)
     real_cifar10.png    64 real training images, the same way
     curve.png           in-training proxy FID (stats.jsonl 'eval/proxy_fid') against iterations
     table6.json         everything in the table below
@@ -38,14 +40,14 @@ from bench.quality.score import ProxyScorer, load_folder_images  # noqa: E402
 from paddle_coopflow.cli import run_cli  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
 
-MODES = ("coopflow", "flow_only", "langevin_only")
+_LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="append", required=True, metavar="MODE=RUN_DIR",
-                   help=f"a finished run; MODE one of {MODES} (repeat for each)")
+    p.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR",
+                   help="a finished run and the name of its row (repeat for each)")
     p.add_argument("--features", required=True, metavar="MODEL_PREFIX", help="train_classifier.py's OUT/features")
     p.add_argument("--test-dir", required=True, help="reference (real test) images")
     p.add_argument("--floor-dir", required=True, help="class-per-folder real training images (floor, real grid)")
@@ -53,15 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num", type=int, default=1000, help="samples per run (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-npz", action="store_true", help="do not write the samples_LABEL.npz files")
     args = p.parse_args(argv)
     runs = {}
     for item in args.run:
-        mode, _, run_dir = item.partition("=")
-        if mode not in MODES or not run_dir:
-            raise UserError(f"--run {item!r}: expected MODE=RUN_DIR with MODE one of {MODES}")
+        label, _, run_dir = item.partition("=")
+        if not _LABEL.match(label) or not run_dir or label in runs:
+            raise UserError(f"--run {item!r}: expected LABEL=RUN_DIR with a new LABEL of letters, digits and _.+-")
         if not os.path.isfile(os.path.join(run_dir, "ckpt", "latest.pdparams")):
             raise UserError(f"--run {item!r}: no checkpoint {run_dir}/ckpt/latest.pdparams (finish the run first)")
-        runs[mode] = run_dir
+        runs[label] = run_dir
     args.runs = runs
     return args
 
@@ -80,7 +83,7 @@ def draw(run_dir: str, num: int, seed: int):
     if flow is not None and ebm is not None:
         out["proposals"] = to_uint8_images(prop)
     it = int(load_checkpoint(prefix, need=(".pdstates",))["states"]["global_iter"])
-    return out, it
+    return out, it, cfg.Train.mode
 
 
 def run_times(run_dir: str) -> Dict[str, float]:
@@ -151,16 +154,17 @@ def main(argv=None) -> int:
     scorer = ProxyScorer(args.features, test)
     result = {"floor": scorer.score(floor), "seed": args.seed, "num": args.num, "runs": {}}
     grid_png([floor], os.path.join(args.out, "real_cifar10.png"))
-    for mode, run_dir in args.runs.items():
-        arrays, it = draw(run_dir, args.num, args.seed)
-        np.savez_compressed(os.path.join(args.out, f"samples_{mode}.npz"), seed=args.seed, mode=mode,
-                            checkpoint=f"ckpt/iter_{it:07d}", iteration=it, **arrays)  # = ckpt/latest
+    for label, run_dir in args.runs.items():
+        arrays, it, mode = draw(run_dir, args.num, args.seed)
+        if not args.no_npz:
+            np.savez_compressed(os.path.join(args.out, f"samples_{label}.npz"), seed=args.seed, mode=mode,
+                                checkpoint=f"ckpt/iter_{it:07d}", iteration=it, **arrays)  # = ckpt/latest
         grid_png([arrays["proposals"], arrays["images"]] if "proposals" in arrays else [arrays["images"]],
-                 os.path.join(args.out, f"grid_{mode}.png"))
-        row = {"iterations": it, "score": scorer.score(arrays["images"]), **run_times(run_dir)}
+                 os.path.join(args.out, f"grid_{label}.png"))
+        row = {"mode": mode, "iterations": it, "score": scorer.score(arrays["images"]), **run_times(run_dir)}
         if "proposals" in arrays:
             row["score_proposals"] = scorer.score(arrays["proposals"])
-        result["runs"][mode] = row
+        result["runs"][label] = row
     curve_png({m: r["curve"] for m, r in result["runs"].items()}, os.path.join(args.out, "curve.png"))
     with open(os.path.join(args.out, "table6.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -170,10 +174,10 @@ def main(argv=None) -> int:
 
 def format_table(result: Dict) -> str:
     fl = result["floor"]
-    lines = ["| mode | proxy FID | KID ×1e3 | floor FID / KID ×1e3 | iterations | wall | CPU time |",
+    lines = ["| run | proxy FID | KID ×1e3 | floor FID / KID ×1e3 | iterations | wall | CPU time |",
              "|---|---|---|---|---|---|---|"]
-    for mode, r in result["runs"].items():
-        rows = [(mode, r["score"])] + ([("coopflow: its flow proposals", r["score_proposals"])]
+    for label, r in result["runs"].items():
+        rows = [(label, r["score"])] + ([(f"{label}: its flow proposals", r["score_proposals"])]
                                         if "score_proposals" in r else [])
         for name, s in rows:
             lines.append(f"| {name} | {s['fid']:.3f} | {1e3 * s['kid']:.2f} ± {1e3 * s['kid_std']:.2f} | "
