@@ -164,6 +164,13 @@ def stop_on_blowup(tr, means: Mapping[str, float], phase: str) -> None:
             (nothing is saved while a quantity is out of range: ``Trainer.save`` asks ``tr.health.suspect``).
     """
     msg = tr.health.update(tr.global_iter, means, phase)
+    if tr.world_size > 1:  # rank 0's stats decide, so that every rank stops at the same iteration
+        import paddle
+        import paddle.distributed as dist
+
+        flag = paddle.to_tensor([1 if msg else 0], dtype="int32")
+        dist.broadcast(flag, src=0)
+        msg = (msg or f"finite blow-up at iteration {tr.global_iter} (found on rank 0)") if int(flag.item()) else None
     if msg:
         tr.log.info(msg)
         raise UserError(f"{msg}; stopped. Last checkpoint before it: {tr.last_saved or 'none saved yet'} (resume "
