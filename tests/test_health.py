@@ -4,6 +4,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from paddle_coopflow.config import load_config
 from paddle_coopflow.engine.health import HealthCheck, read_stats, replay
 from paddle_coopflow.errors import UserError
 
+from conftest import ROOT
 from tiny_run import run_tiny, states
 
 
@@ -89,6 +92,11 @@ def test_replay_over_stats_jsonl_matches_the_online_rule(tmp_path):
     assert len(read_stats(str(path))) == 35
     online = _first_alarm(HealthCheck(_health()), seq, "coop")[1]
     assert replay(str(path), _health()) == online and "iteration 33" in online
+    calm = tmp_path / "calm.jsonl"
+    calm.write_text("".join(line for line in open(path) if '"step": 3' not in line))  # steps 3 and 30-35 dropped
+    r = subprocess.run([sys.executable, "tools/train.py", "--check-health", str(path), str(calm)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout.splitlines() == [f"{path}: {online}", f"{calm}: no blow-up"], r.stdout
 
 
 def test_a_run_that_blows_up_stops_with_one_line_and_keeps_the_checkpoints_before(tmp_path):

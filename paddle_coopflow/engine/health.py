@@ -26,7 +26,7 @@ pre-training, the warm-up and cooperation see different quantities) and when a r
 
 :func:`replay` runs the rule over a ``stats.jsonl`` to check a run after the fact::
 
-    python -m paddle_coopflow.engine.health RUN/stats.jsonl [-c CONFIG] [-o Health.key=value ...]
+    python tools/train.py --check-health RUN/stats.jsonl [-c CONFIG] [-o Health.key=value ...]
 """
 from __future__ import annotations
 
@@ -200,31 +200,3 @@ def replay(path: str, cfg) -> Optional[str]:
         if msg:
             return msg
     return None
-
-
-def main(argv=None) -> int:
-    """``python -m paddle_coopflow.engine.health STATS.jsonl [-c CONFIG] [-o Health.key=value]``."""
-    import argparse
-
-    from ..cli import add_config_args
-    from ..config import load_config
-
-    parser = argparse.ArgumentParser(description="Replay the blow-up rule over a run's stats.jsonl.")
-    parser.add_argument("stats", nargs="+", help="stats.jsonl files")
-    add_config_args(parser, required=False)
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.override).Health
-    bad = 0
-    for path in args.stats:
-        msg = replay(path, cfg)
-        bad += msg is not None
-        print(f"{path}: {msg or 'no blow-up'}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from ..cli import run_cli
-
-    sys.exit(run_cli(main))
