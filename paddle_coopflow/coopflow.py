@@ -154,12 +154,10 @@ def ebm_energy_l2_penalty(f_data: paddle.Tensor, f_revised: paddle.Tensor, coeff
     """The optional energy-scale guard α·(mean f(x)² + mean f(x̃)²), added to the EBM loss.
 
     Not in the paper: Du & Mordatch (2019, "Implicit Generation and Generalization in Energy-Based
-    Models", their loss with ``l2_coeff``) add it to keep the energies near 0. The ML loss of eq. (2)
-    is invariant to a constant shift of f, so without it the scale of f can drift freely.
+    Models") add it to keep the energies near 0; eq. (2) alone is invariant to a shift of f.
 
     Args:
-        f_data: [B] f_θ on the observed examples.
-        f_revised: [M] f_θ on the revised samples.
+        f_data: [B] f_θ on the observed examples; f_revised: [M] f_θ on the revised samples.
         coeff: α = Optimizer.ebm_energy_l2 (>= 0).
 
     Returns:
@@ -292,15 +290,7 @@ class CoopFlow:
             _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats, shard)
 
         # 4. EBM loss (eq. 2): raise f on data, lower it on the revised samples
-        ebm_loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
-        total = ebm_loss
-        if o.ebm_energy_l2 > 0:
-            penalty = ebm_energy_l2_penalty(f_data, f_rev, o.ebm_energy_l2)
-            stats["ebm_energy_l2"] = float(penalty.item())
-            total = ebm_loss + penalty
-        total.backward()
-        ebm_norm = clip_grad_norm(self.ebm_optim.parameters, o.ebm_clip_norm)
-        fd, fr, el = float(f_data.mean().item()), float(f_rev.mean().item()), float(ebm_loss.item())
+        el, fd, fr, ebm_norm = self._ebm_backward(x_data, x_rev, stats)
 
         # 5. decide and step: each net is vetoed by its own non-finite values only
         ebm_ok = _finite(fd, fr, el, ebm_norm, ls["mse"], stats.get("ebm_energy_l2", 0.0))
@@ -350,6 +340,21 @@ class CoopFlow:
         noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
         x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True, shard=shard)
         return x_rev, ls, noise_std
+
+    def _ebm_backward(self, x_data: paddle.Tensor, x_rev: paddle.Tensor, stats: Dict[str, float]):
+        """EBM loss of eq. (2), plus the energy guard when on; backprop and clip.
+
+        Returns (loss of eq. 2, mean f(x), mean f(x̃), pre-clip gradient norm); the guard's penalty goes to stats.
+        """
+        loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
+        total = loss
+        if self.o.ebm_energy_l2 > 0:
+            penalty = ebm_energy_l2_penalty(f_data, f_rev, self.o.ebm_energy_l2)
+            stats["ebm_energy_l2"] = float(penalty.item())
+            total = loss + penalty
+        total.backward()
+        norm = clip_grad_norm(self.ebm_optim.parameters, self.o.ebm_clip_norm)
+        return float(loss.item()), float(f_data.mean().item()), float(f_rev.mean().item()), norm
 
     def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float], shard: Shard):
         """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""

@@ -97,8 +97,7 @@ class Trainer:
 
         self.epoch, self.batch_pos, self.global_iter = 0, 0, 0
         self.counters = {"ebm_skipped": 0, "flow_skipped": 0, "nonfinite": 0}
-        self.consecutive_nonfinite = 0
-        self.health = health.HealthCheck(cfg.Health)
+        self.consecutive_nonfinite, self.health = 0, health.HealthCheck(cfg.Health)
         self.best = {"metric": None, "value": math.inf, "epoch": -1}
         self.last_saved: Optional[str] = None
         self._epoch_bpd: list = []
