@@ -22,8 +22,9 @@ def _health(*extra):
     return load_config(None, [f"Health.{kv}" for kv in extra]).Health
 
 
-def _stats(f=1.0, mse=0.1, bpd=3.0):
-    return {"f_data": f, "f_revised": 0.9 * f, "f_proposal": 0.5 * f, "langevin_mse": mse, "flow_bpd": bpd}
+def _stats(f=1.0, mse=0.1, bpd=3.0, clip=0.0):
+    return {"f_data": f, "f_revised": 0.9 * f, "f_proposal": 0.5 * f, "langevin_mse": mse, "flow_bpd": bpd,
+            "langevin_delta_clip_frac": clip}
 
 
 def _first_alarm(check, seq, phase=""):
@@ -51,11 +52,15 @@ def test_sudden_runaway_fires_after_patience_checks_naming_iteration_and_quantit
     assert step == 33  # out of range at 31, 32, 33: patience 3
     assert re.fullmatch(r"finite blow-up at iteration 33: max \|f\| on data/revisions/proposals = 1e\+06 above "
                         r"1e\+05 \(Health.energy_factor=10000 x .*\) for 3 checks in a row", msg), msg
-    # the displacement of the chains and the flow's NLL
-    step, msg = _first_alarm(HealthCheck(_health()), [_stats(mse=0.1)] * 30 + [_stats(mse=3.0)] * 3)
-    assert step == 33 and "langevin_mse" in msg and "= 3 above 1" in msg
-    step, msg = _first_alarm(HealthCheck(_health()), [_stats(bpd=1.0)] * 30 + [_stats(bpd=3.5)] * 3)
-    assert step == 33 and "flow_bpd" in msg and "= 3.5 above 2 " in msg
+    # the displacement of the chains, the flow's NLL, the share of clipped Langevin gradient terms
+    step, msg = _first_alarm(HealthCheck(_health()), [_stats(mse=0.1)] * 30 + [_stats(mse=9.0)] * 5
+                             + [_stats(mse=30.0)] * 3)
+    assert step == 38 and "langevin_mse" in msg and "= 30 above 10 " in msg  # 9 is within 100 x 0.1
+    step, msg = _first_alarm(HealthCheck(_health()), [_stats(bpd=1.0)] * 30 + [_stats(bpd=10.5)] * 5
+                             + [_stats(bpd=12.0)] * 3)
+    assert step == 38 and "flow_bpd" in msg and "= 12 above 11 " in msg  # 10.5 is within the jump of 10 bits/dim
+    step, msg = _first_alarm(HealthCheck(_health()), [_stats(clip=0.01)] * 3 + [_stats(clip=0.1)] * 3)
+    assert step == 6 and "langevin_delta_clip_frac" in msg and "= 0.1 above 0.02 (Health.clip_frac=0.02)" in msg
 
 
 def test_spikes_floors_reference_and_phases():
@@ -65,7 +70,7 @@ def test_spikes_floors_reference_and_phases():
     # tiny values early on: the floor, not the median (1e-9), sets the limit
     chk = HealthCheck(_health())
     _first_alarm(chk, [_stats(f=1e-3, mse=1e-9)] * 25)
-    assert chk.limit("energy") == 1e4 and chk.limit("langevin") == pytest.approx(0.5)
+    assert chk.limit("energy") == 1e4 and chk.limit("langevin") == pytest.approx(5.0)
     # out-of-range checks never enter the reference: a slow second streak is still measured against the calm
     chk = HealthCheck(_health("patience=1000"))
     _first_alarm(chk, [_stats(f=10.0)] * 30 + [_stats(f=1e6)] * 100)
@@ -100,13 +105,15 @@ def test_replay_over_stats_jsonl_matches_the_online_rule(tmp_path):
 
 
 def test_a_run_that_blows_up_stops_with_one_line_and_keeps_the_checkpoints_before(tmp_path):
-    """EBM learning rate 1: f runs away within a few iterations but stays finite; the run stops at the alarm."""
+    """EBM learning rate 1: f runs away within a few iterations but stays finite; the run stops at the alarm
+    (the Langevin gradient terms hit the δ clip, then f's scale explodes)."""
     run = tmp_path / "run"
     with pytest.raises(UserError) as err:
         run_tiny(run, "Optimizer.ebm_lr=1.0", "Health.warmup=2", "Health.patience=2", "Global.save_interval=1",
                  "Global.keep_checkpoints=50", "Train.max_iters=40")
     msg = str(err.value)
-    assert "\n" not in msg and re.match(r"finite blow-up at iteration (\d+): max \|f\|", msg), msg
+    assert "\n" not in msg and re.match(r"finite blow-up at iteration (\d+): (max \|f\||langevin_delta_clip_frac)",
+                                         msg), msg
     alarm = int(re.match(r"finite blow-up at iteration (\d+)", msg).group(1))
     named = msg.split("Last checkpoint before it: ")[1].split(" (")[0]
     saved = sorted(int(re.search(r"iter_(\d+)\.pdparams$", p).group(1))

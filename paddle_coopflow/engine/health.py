@@ -5,6 +5,7 @@ finite: the ML loss of eq. (2) is invariant to a constant shift of f, so the sca
 when it runs away the Langevin chains are dragged far from where the flow put them and the flow,
 trained on those revisions, follows. :class:`HealthCheck` watches what the trainer already logs:
 
+    clip     langevin_delta_clip_frac                    share of gradient terms ½s²∇f beyond the δ clip
     energy   max(|f_data|, |f_revised|, |f_proposal|)   the scale of f
     langevin langevin_mse                                the chains' mean squared displacement
     nll      flow_bpd                                    the flow's NLL on the revisions (bits/dim)
@@ -13,7 +14,8 @@ The rule, per quantity q, at every check t (one logged record of the image train
 tools/toy2d.py):
 
     ref_t  = median of q over the last ``Health.window`` *calm* checks (checks not out of range)
-    out_t  = q_t > factor · max(ref_t, floor)      energy:   Health.energy_factor,   Health.energy_floor
+    out_t  = q_t > Health.clip_frac                 clip (a fixed share: healthy runs clip almost nothing)
+             q_t > factor · max(ref_t, floor)      energy:   Health.energy_factor,   Health.energy_floor
                                                     langevin: Health.langevin_factor, Health.langevin_floor
              q_t > ref_t + Health.nll_jump          nll (bits/dim, a difference: the NLL can be negative)
 
@@ -42,18 +44,20 @@ from ..errors import UserError
 __all__ = ["HealthCheck", "QUANTITIES", "count_nonfinite", "stop_on_blowup", "read_stats", "replay"]
 
 # quantity → its value from one record of train_step stats (None when the record does not hold it)
-QUANTITIES = ("energy", "langevin", "nll")
+QUANTITIES = ("clip", "energy", "langevin", "nll")
+_KEYS = {"clip": "langevin_delta_clip_frac", "langevin": "langevin_mse", "nll": "flow_bpd"}
 # stats.jsonl tag → train_step key, for the quantities the rule reads
 _TAG_KEYS = {"train/f_data": "f_data", "train/f_revised": "f_revised", "train/f_proposal": "f_proposal",
-             "langevin/mse_change": "langevin_mse", "train/flow_bpd": "flow_bpd"}
+             "langevin/mse_change": "langevin_mse", "langevin/delta_clip_frac": "langevin_delta_clip_frac",
+             "train/flow_bpd": "flow_bpd"}
 
 
 def _value(name: str, stats: Mapping[str, float]) -> Optional[float]:
     if name == "energy":
         fs = [abs(stats[k]) for k in ("f_data", "f_revised", "f_proposal") if _finite(stats.get(k))]
         return max(fs) if fs else None
-    key = "langevin_mse" if name == "langevin" else "flow_bpd"
-    return float(stats[key]) if _finite(stats.get(key)) else None
+    v = stats.get(_KEYS[name])
+    return float(v) if _finite(v) else None
 
 
 def _finite(v) -> bool:
@@ -64,8 +68,8 @@ class HealthCheck:
     """The blow-up rule of the module docstring, fed one record of train_step stats at a time.
 
     Args:
-        cfg: the ``Health`` section of the config (check, warmup, window, patience, energy_factor,
-            energy_floor, langevin_factor, langevin_floor, nll_jump).
+        cfg: the ``Health`` section of the config (check, warmup, window, patience, clip_frac,
+            energy_factor, energy_floor, langevin_factor, langevin_floor, nll_jump).
     """
 
     def __init__(self, cfg):
@@ -85,6 +89,8 @@ class HealthCheck:
 
     def limit(self, name: str) -> Optional[float]:
         """The current threshold of a quantity, or None while its reference is still warming up."""
+        if name == "clip":
+            return self.cfg.clip_frac
         calm = self.calm[name]
         if len(calm) < self.cfg.warmup:
             return None
@@ -125,7 +131,9 @@ class HealthCheck:
 
     def _message(self, step: int, name: str, v: float, lim: float) -> str:
         c = self.cfg
-        what = {"energy": ("max |f| on data/revisions/proposals", f"Health.energy_factor={c.energy_factor:g} x "
+        what = {"clip": ("langevin_delta_clip_frac (share of gradient terms beyond the delta clip)",
+                         f"Health.clip_frac={c.clip_frac:g}"),
+                "energy": ("max |f| on data/revisions/proposals", f"Health.energy_factor={c.energy_factor:g} x "
                            f"the median of the calm checks before (floor Health.energy_floor={c.energy_floor:g})"),
                 "langevin": ("langevin_mse (the chains' mean squared displacement)",
                              f"Health.langevin_factor={c.langevin_factor:g} x the median of the calm checks before "
