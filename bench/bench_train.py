@@ -39,40 +39,60 @@ def time_parts(learner) -> dict:
     return parts
 
 
-def per_iteration(cfg, iters: int) -> dict:
-    import paddle
+def build_learner(cfg, batch_size: int, seed: int = 0):
+    """The package's CoopFlow learner for `cfg` at `batch_size`, networks built after seeding with `seed`.
 
+    Returns (learner, flow, ebm); the flow is not data-initialised yet (call ``flow.data_init(x)``).
+    """
     from paddle_coopflow.builder import build_ebm, build_flow
     from paddle_coopflow.coopflow import CoopFlow, CoopFlowOptions
     from paddle_coopflow.optim import build_optimizers
-    from paddle_coopflow.utils.env import seed_everything, setup_threads
+    from paddle_coopflow.utils.env import seed_everything
+
+    seed_everything(seed)
+    flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
+    learner = CoopFlow(flow, ebm, *build_optimizers(cfg, flow, ebm, batch_size=batch_size),
+                       CoopFlowOptions.from_config(cfg))
+    return learner, flow, ebm
+
+
+def timed_step(learner):
+    """A function step(x, it) that runs ``learner.train_step(x, 0, it)`` and returns its seconds per part:
+    {'propose', 'revise', 'updates' (the rest: both losses, backward passes, clipping, optimizer steps), 'total'}."""
+    parts = time_parts(learner)
+
+    def step(x, it: int) -> dict:
+        parts.update(propose=0.0, revise=0.0)
+        t0 = time.perf_counter()
+        learner.train_step(x, 0, it)
+        total = time.perf_counter() - t0
+        return dict(parts, updates=total - parts["propose"] - parts["revise"], total=total)
+
+    return step
+
+
+def per_iteration(cfg, iters: int) -> dict:
+    import paddle
+
+    from paddle_coopflow.utils.env import setup_threads
 
     threads = setup_threads(cfg.Global.threads)
-    seed_everything(0)
-    flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
     b = cfg.Train.batch_size
+    learner, flow, _ = build_learner(cfg, b)
     shape = [b] + list(cfg.Flow.in_shape)
     lg = cfg.Langevin
-    learner = CoopFlow(flow, ebm, *build_optimizers(cfg, flow, ebm), CoopFlowOptions.from_config(cfg))
     x = paddle.uniform(shape, min=-1, max=1)
     flow.data_init(x)
-    parts = time_parts(learner)
-    t0 = time.time()
-    learner.train_step(x, 0, 0)
-    warm = time.time() - t0
-    parts.update(propose=0.0, revise=0.0)
-    times = []
-    for i in range(iters):
-        t0 = time.time()
-        learner.train_step(paddle.uniform(shape, min=-1, max=1), 0, i + 1)
-        times.append(time.time() - t0)
-    per = sum(times) / len(times)
+    step = timed_step(learner)
+    warm = step(x, 0)["total"]
+    runs = [step(paddle.uniform(shape, min=-1, max=1), i + 1) for i in range(iters)]
+    mean = {p: sum(r[p] for r in runs) / iters for p in ("propose", "revise", "updates", "total")}
     return {"batch": b, "T": lg.n_steps, "threads": threads, "langevin_engine": lg.engine,
             "inverse_method": cfg.Flow.inverse_method, "coupling_engine": cfg.Flow.coupling_engine,
             "flow_proposes_in_train_mode": cfg.Train.sample_flow_train_mode,
-            "warmup_iter_s": round(warm, 3), "s_per_iter": round(per, 3),
-            "flow_proposal_s": round(parts["propose"] / iters, 3), "langevin_s": round(parts["revise"] / iters, 3),
-            "updates_s": round(per - (parts["propose"] + parts["revise"]) / iters, 3),
+            "warmup_iter_s": round(warm, 3), "s_per_iter": round(mean["total"], 3),
+            "flow_proposal_s": round(mean["propose"], 3), "langevin_s": round(mean["revise"], 3),
+            "updates_s": round(mean["updates"], 3),
             "iters": iters, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
