@@ -13,7 +13,8 @@ Official: main_cifar.py's loop body (sample_flow with its bisection inverse; ebm
 torch.autograd.grad; the flow update with util.NLLLoss, util.get_param_groups, util.clip_grad_norm, Adam and
 LambdaLR; the EBM update with Adam and LambdaLR, plus clip_grad_norm_ as in main_svhn.py when
 Optimizer.ebm_clip_norm is set) on the official networks at the config's widths, with the config's learning
-rates, betas, weight decay and clip norms. Ours: CoopFlow.train_step (bench/bench_train.py's timed_step).
+rates, betas, weight decay and clip norms; the official attention gets a torch.split that returns narrow views
+(its in-place `q *=` on a split view raises on PyTorch >= 1.8; see _SplitAsNarrowViews). Ours: CoopFlow.train_step (bench/bench_train.py's timed_step).
 Same weights (ours, loaded into theirs by state-dict key) and batches; each framework in its own worker
 process, taking turns, alternating which goes first; one warm-up iteration, then --iters timed; medians per
 part, peak RSS of each worker and the load average, as a Markdown table (docs/speed.md, "Against the
@@ -62,19 +63,20 @@ OFFICIAL_K_DEQUANT = 32    # _Dequantization's default, which FlowPlusPlus never
 def check_config(cfg, path: str) -> None:
     """Raise a UserError when the config asks for something main_cifar.py's loop cannot run."""
     f, lg = cfg.Flow, cfg.Langevin
-    wrong = [(cfg.Train.mode != "coopflow", f"Train.mode={cfg.Train.mode} (the loop is CoopFlow's)", "Train.mode=coopflow"),
-             (f.arch != "flowpp" or cfg.EBM.arch != "res", "a network other than Flow++ and EBM_res",
-              "Flow.arch=flowpp -o EBM.arch=res"),
+    wrong = [(cfg.Train.mode != "coopflow", f"Train.mode={cfg.Train.mode}", "use -o Train.mode=coopflow"),
+             (f.arch != "flowpp" or cfg.EBM.arch != "res", "networks other than Flow++ and EBM_res",
+              "use -o Flow.arch=flowpp -o EBM.arch=res"),
              (list(f.in_shape) != [3, 32, 32] or cfg.EBM.img_size != 32,
-              f"images {f.in_shape} (main_cifar.sample_flow draws [N, 3, 32, 32])", "a CIFAR-10 or SVHN config"),
-             (lg.noise != "none", f"Langevin.noise={lg.noise} (ebm_sample adds none)", "Langevin.noise=none"),
+              f"images {f.in_shape} (sample_flow draws [N, 3, 32, 32]; EBM_res builds 32 and 64 px only)",
+              "use a CIFAR-10 or SVHN config"),
+             (lg.noise != "none", f"Langevin.noise={lg.noise} (ebm_sample adds none)", "use -o Langevin.noise=none"),
              (lg.delta_clip != 0.1 or list(lg.image_clip or []) != [-1.0, 1.0],
               "Langevin clips other than δ 0.1 and images [-1, 1] (ebm_sample's constants)",
-              "Langevin.delta_clip=0.1 -o Langevin.image_clip=[-1,1]"),
-             (f.undo_bound, "Flow.undo_bound=true (sample_flow keeps the 0.9 bound)", "Flow.undo_bound=false")]
+              "use -o Langevin.delta_clip=0.1 -o Langevin.image_clip=[-1,1]"),
+             (f.undo_bound, "Flow.undo_bound=true (sample_flow keeps the 0.9 bound)", "use -o Flow.undo_bound=false")]
     for bad, what, fix in wrong:
         if bad:
-            raise UserError(f"{path}: the official CIFAR loop cannot run {what}; use -o {fix}")
+            raise UserError(f"{path}: the official CIFAR loop cannot run {what}; {fix}")
 
 
 def official_dir(path: str) -> str:
@@ -112,19 +114,34 @@ def _stand_ins() -> None:
     """Empty modules for what main_cifar.py imports at its top but the benchmark never calls, when not installed."""
     import importlib.util
 
-    def absent(name):
-        raise RuntimeError(f"{name} is not installed; bench_official.py only provides a stand-in for the import")
-
-    for top, subs in (("torchvision", ("transforms",)), ("matplotlib", ("pyplot",)), ("tqdm", ())):
-        if importlib.util.find_spec(top) is not None:
-            continue
-        mod = types.ModuleType(top)
-        sys.modules[top] = mod
-        for sub in subs:
+    for top, sub in (("torchvision", "transforms"), ("matplotlib", "pyplot"), ("tqdm", "tqdm")):
+        if importlib.util.find_spec(top) is None:
+            sys.modules[top] = types.ModuleType(top)
             sys.modules[f"{top}.{sub}"] = types.ModuleType(f"{top}.{sub}")
-            setattr(mod, sub, sys.modules[f"{top}.{sub}"])
-        if top == "tqdm":
-            mod.tqdm = lambda *a, **k: absent("tqdm")
+            setattr(sys.modules[top], sub, sys.modules[f"{top}.{sub}"])
+
+
+class _SplitAsNarrowViews(types.ModuleType):
+    """torch, but `split` returns its pieces as single-output views (`narrow`), for the official attention module.
+
+    The official GatedAttn scales its queries in place (`q *= ...`) on a view that torch.split returned. PyTorch 1.7,
+    the official environment, allowed this with a deprecation warning; PyTorch >= 1.8 raises "Output 0 of Permute is
+    a view and is being modified inplace ..." in every training forward with attention. In-place operations on
+    `narrow` views are allowed and give what 1.7 gave: the same values, gradients and copy-on-write backward.
+    """
+
+    def __init__(self, torch):
+        super().__init__("torch")
+        self._torch = torch
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def split(self, t, sizes, dim=0):
+        n = t.shape[dim]
+        sizes = [min(sizes, n - i) for i in range(0, n, sizes)] if isinstance(sizes, int) else list(sizes)
+        starts = np.cumsum([0] + sizes[:-1])
+        return tuple(t.narrow(dim, int(a), int(b)) for a, b in zip(starts, sizes))
 
 
 def import_official(path: str) -> types.SimpleNamespace:
@@ -147,6 +164,7 @@ def import_official(path: str) -> types.SimpleNamespace:
 
     if os.path.dirname(os.path.abspath(main_cifar.__file__)) != path:
         raise UserError(f"main_cifar was imported from {main_cifar.__file__}, not from {path}")
+    sys.modules["models.flowplusplus.nn"].torch = _SplitAsNarrowViews(torch)
     return types.SimpleNamespace(torch=torch, util=util, main=main_cifar, FlowPlusPlus=FlowPlusPlus,
                                  EBM_res=EBM_res, Dequantization=_Dequantization)
 

@@ -15,8 +15,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "bench_official.py")
 CONFIG = os.path.join(ROOT, "configs", "cifar10_cpu_coopflow.yaml")
-TINY = ["Flow.mid_channels=4", "Flow.num_blocks=1", "Flow.num_components=2", "EBM.base_channels=4",
-        "Langevin.n_steps=2"]
+# Attention on (its projections are the weights stored transposed), dropout on in the timed iterations.
+TINY = ["Flow.mid_channels=8", "Flow.num_blocks=1", "Flow.num_components=2", "Flow.use_attn=true",
+        "Flow.drop_prob=0.2", "EBM.base_channels=4", "Langevin.n_steps=2"]
 OFFICIAL = os.environ.get("COOPFLOW_OFFICIAL_DIR", "")
 
 
