@@ -14,7 +14,8 @@ torch.autograd.grad; the flow update with util.NLLLoss, util.get_param_groups, u
 LambdaLR; the EBM update with Adam and LambdaLR, plus clip_grad_norm_ as in main_svhn.py when
 Optimizer.ebm_clip_norm is set) on the official networks at the config's widths, with the config's learning
 rates, betas, weight decay and clip norms; the official attention gets a torch.split that returns narrow views
-(its in-place `q *=` on a split view raises on PyTorch >= 1.8; see _SplitAsNarrowViews). Ours: CoopFlow.train_step (bench/bench_train.py's timed_step).
+(its in-place `q *=` on a split view raises on PyTorch >= 1.8; see _SplitAsNarrowViews).
+Ours: CoopFlow.train_step (bench/bench_train.py's timed_step).
 Same weights (ours, loaded into theirs by state-dict key) and batches; each framework in its own worker
 process, taking turns, alternating which goes first; one warm-up iteration, then --iters timed; medians per
 part, peak RSS of each worker and the load average, as a Markdown table (docs/speed.md, "Against the
@@ -84,7 +85,8 @@ def official_dir(path: str) -> str:
     import importlib.util
 
     if not path:
-        raise UserError(f"no official code: pass --official-dir DIR (a checkout of AlvinZhuyx/CoopFlow) or set {DIR_ENV}")
+        raise UserError("no official code: pass --official-dir DIR (a checkout of AlvinZhuyx/CoopFlow) "
+                        f"or set {DIR_ENV}")
     path = os.path.abspath(os.path.expanduser(path))
     missing = [f for f in OFFICIAL_FILES if not os.path.isfile(os.path.join(path, f))]
     if missing:
@@ -175,7 +177,7 @@ def load_state(net, state: Dict[str, np.ndarray], what: str) -> None:
 
     own = net.state_dict()
     problem = next((f"'{k}' is missing from ours" for k in own if k not in state), None)
-    problem = problem or next((f"ours has '{k}', which the official network lacks" for k in state if k not in own), None)
+    problem = problem or next((f"ours has '{k}', which the official one lacks" for k in state if k not in own), None)
     problem = problem or next((f"'{k}' is {list(state[k].shape)} in ours but {list(own[k].shape)} in the official "
                                "network" for k in own if tuple(state[k].shape) != tuple(own[k].shape)), None)
     if problem:
@@ -514,7 +516,7 @@ def main(argv=None) -> int:
 
 
 def _run(argv=None) -> int:
-    """run_cli (Paddle's version check; a UserError is one line, exit 2), but the official worker never imports Paddle."""
+    """run_cli (Paddle's version check; a UserError is one line, exit 2); the official worker never imports Paddle."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["--worker", "official"]:
         try:
