@@ -250,10 +250,12 @@ def test_bad_points_file_leaves_no_run_dir(tmp_path, capsys, bad, expect):
     assert not out.exists()
 
 
-def test_best_model_is_kept_and_reported(tmp_path, monkeypatch):
-    """A run whose π gets worse after its best evaluation reports the best one, its weights and its iteration."""
+@pytest.mark.parametrize("redraw,kept", [(0.02, 10), (0.4, 30)])
+def test_best_model_is_kept_and_reported(tmp_path, monkeypatch, redraw, kept):
+    """A run whose π gets worse after its best evaluation reports the best one, its weights and its iteration,
+    unless the best model's draw after training is worse than the final model's."""
     tool = _tool()
-    scores = iter([0.5, 0.01, 0.2, 0.3])  # π at iterations 0, 10, 20 and the final 30
+    scores = iter([0.5, 0.01, 0.2, 0.3, redraw])  # π at iterations 0, 10, 20, the final 30, the best drawn again
     real = tool.evaluate
 
     def scripted(coop, heldout, cfg, epoch, n, seed):
@@ -261,19 +263,20 @@ def test_best_model_is_kept_and_reported(tmp_path, monkeypatch):
         return {"flow": m["flow"], "coopflow": next(scores, m["coopflow"])}, xf, xc
 
     monkeypatch.setattr(tool, "evaluate", scripted)
-    kept = {}
+    snaps = {}
     real_snapshot = tool.snapshot
-    monkeypatch.setattr(tool, "snapshot", lambda coop: kept.setdefault(len(kept), real_snapshot(coop)))
+    monkeypatch.setattr(tool, "snapshot", lambda coop: snaps.setdefault(len(snaps), real_snapshot(coop)))
     out = tmp_path / "run"
     argv = ["-c", os.path.join(ROOT, "configs", "toy_spiral_t100.yaml"), "-o", f"Global.output_dir={out}",
             "-o", "Train.max_iters=30", "-o", "Toy.eval_every=10"] + TINY_TOY
     assert run_cli(tool.main, argv) == 0
     res = json.loads((out / "metrics.json").read_text())
     assert [h["iter"] for h in res["history"]] == [0, 10, 20, 30]
-    assert res["iter"] == 10 and res["final"] == dict(iter=30, flow=res["history"][-1]["flow"], coopflow=0.3)
-    assert int(np.load(out / "samples.npz")["iter"]) == 10
-    best = paddle.load(str(out / "ebm.pdparams"))
+    assert res["iter"] == kept and res["final"] == dict(iter=30, flow=res["history"][-1]["flow"], coopflow=0.3)
+    assert res["coopflow"] == (redraw if kept == 10 else 0.3) and int(np.load(out / "samples.npz")["iter"]) == kept
+    reported = paddle.load(str(out / "ebm.pdparams"))
     final = paddle.load(str(out / "ebm_final.pdparams"))
-    for k, v in kept[1]["ebm"].items():  # snapshot 1 = iteration 10
-        np.testing.assert_array_equal(np.asarray(best[k]), v)
-    assert any(not np.array_equal(np.asarray(final[k]), v) for k, v in kept[1]["ebm"].items())
+    at10 = snaps[1]["ebm"]  # snapshot 1 = iteration 10 (0: iteration 0, 2: the final weights)
+    for k, v in at10.items():
+        np.testing.assert_array_equal(np.asarray(reported[k]), v if kept == 10 else np.asarray(final[k]))
+    assert any(not np.array_equal(np.asarray(final[k]), v) for k, v in at10.items())
