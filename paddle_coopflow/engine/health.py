@@ -20,7 +20,8 @@ tools/toy2d.py):
              q_t > ref_t + Health.nll_jump          nll (bits/dim, a difference: the NLL can be negative)
 
 and a blow-up is ``Health.patience`` consecutive out-of-range checks of one quantity, once
-``Health.warmup`` calm checks have built its reference. Out-of-range checks never enter the
+``Health.warmup`` calm checks have built its reference (the clip share needs none; it is 0 when
+Langevin.delta_clip is null). Out-of-range checks never enter the
 reference, so a runaway is measured against the state before it; the floors keep tiny early values
 (f ≈ 0, chains that barely move) from counting as growth; the patience ignores single spikes (one
 batch with a far-out proposal). The reference restarts when the training phase changes (the flow's
@@ -43,7 +44,7 @@ from ..errors import UserError
 
 __all__ = ["HealthCheck", "QUANTITIES", "count_nonfinite", "stop_on_blowup", "read_stats", "replay"]
 
-# quantity → its value from one record of train_step stats (None when the record does not hold it)
+# the watched quantities, and the train_step key of those that are one logged value
 QUANTITIES = ("clip", "energy", "langevin", "nll")
 _KEYS = {"clip": "langevin_delta_clip_frac", "langevin": "langevin_mse", "nll": "flow_bpd"}
 # stats.jsonl tag → train_step key, for the quantities the rule reads
