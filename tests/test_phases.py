@@ -22,6 +22,19 @@ def _opt_keys(prefix, name):
     return None if name not in opt else [k for k in opt[name] if "moment" in k]
 
 
+def _trainer_with_fake_weights(cfg):
+    """A Trainer whose in-training FID accepts the placeholder weights file (the FID itself is faked)."""
+    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.metrics import inception
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(inception, "check_weight_file", lambda path: None)
+    try:
+        return Trainer(cfg)
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def pre_run(tmp_path_factory):
     """Pre-training (epoch 1, iters 1-4) → warm-up, flow frozen (epoch 2, 5-9) → cooperative (epoch 3, 10-14),
@@ -34,7 +47,7 @@ def pre_run(tmp_path_factory):
                    "Global.save_every_epochs=1", "Global.keep_checkpoints=10", "Global.sample_interval=0",
                    "Langevin.noise=decay", "Langevin.noise_decay_K=2", "Eval.fid_every_epochs=1",
                    f"Eval.inception_weights={tmp / 'inception.pth'}")
-    tr = Trainer(cfg)
+    tr = _trainer_with_fake_weights(cfg)
     ebm0 = {k: v.numpy().copy() for k, v in tr.ebm.state_dict().items()}
     calls = _train_with_fake_fid(tr, lambda: (tr.epoch, tr.global_iter), lambda: 100.0 - tr.epoch)
     return tmp / "run", ebm0, calls
@@ -105,9 +118,10 @@ def test_fid_every_iters_after_the_save_and_never_in_pretraining(tmp_path):
     from paddle_coopflow.engine import Trainer
 
     (tmp_path / "inception.pth").write_bytes(b"weights")
-    tr = Trainer(tiny_cfg(tmp_path / "run", "Train.pretrain_epochs=1", "Train.coop_epochs=1", "Train.max_iters=8",
-                          "Global.sample_interval=0", "Global.keep_checkpoints=10", "Eval.fid_every_iters=2",
-                          f"Eval.inception_weights={tmp_path / 'inception.pth'}"))
+    tr = _trainer_with_fake_weights(tiny_cfg(
+        tmp_path / "run", "Train.pretrain_epochs=1", "Train.coop_epochs=1", "Train.max_iters=8",
+        "Global.sample_interval=0", "Global.keep_checkpoints=10", "Eval.fid_every_iters=2",
+        f"Eval.inception_weights={tmp_path / 'inception.pth'}"))
     calls = _train_with_fake_fid(tr, lambda: (tr.global_iter,), lambda: 100.0 - tr.global_iter)
     assert calls == [(6, 6), (8, 8)]
     assert [r["step"] for r in stats_records(tmp_path / "run") if "eval/fid_5000" in r] == [6, 8]
