@@ -181,8 +181,9 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing .*ck\.pdopt.*expected"):
         load_checkpoint(prefix)
     # a prefix whose files come from two different saves (interrupted write) is refused
-    save_checkpoint(prefix, {"a": 1}, {"b": 2}, {"c": 3})
-    save_checkpoint(str(tmp_path / "other"), {"a": 1}, {"b": 2}, {"c": 3})
+    params, opt, st = {"flow": {"w": np.zeros(2, np.float32)}}, {"flow": {}}, {"global_iter": 0}
+    save_checkpoint(prefix, params, opt, st)
+    save_checkpoint(str(tmp_path / "other"), params, opt, st)
     os.replace(str(tmp_path / "other") + ".pdopt", prefix + ".pdopt")
     with pytest.raises(CheckpointError, match="different saves"):
         load_checkpoint(prefix)
