@@ -207,7 +207,6 @@ class HealthConfig:
     energy_floor: float = _f(1.0, gt=0.0, help="smallest reference of max |f| (f near 0 early on)")
     langevin_factor: float = _f(100.0, gt=1.0, help="langevin_mse above this x its reference is out of range")
     langevin_floor: float = _f(0.05, gt=0.0, help="smallest reference of langevin_mse (chains that barely move)")
-    nll_jump: float = _f(10.0, gt=0.0, help="flow bits/dim above its reference + this is out of range")
 
 
 @dataclass
