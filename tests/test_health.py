@@ -56,8 +56,8 @@ def test_sudden_runaway_fires_after_patience_checks_naming_iteration_and_quantit
     step, msg = _first_alarm(HealthCheck(_health()), [_stats(mse=0.1)] * 30 + [_stats(mse=9.0)] * 5
                              + [_stats(mse=30.0)] * 3)
     assert step == 38 and "langevin_mse" in msg and "= 30 above 10 " in msg  # 9 is within 100 x 0.1
-    step, msg = _first_alarm(HealthCheck(_health()), [_stats(clip=0.01)] * 3 + [_stats(clip=0.1)] * 3)
-    assert step == 6 and "langevin_delta_clip_frac" in msg and "= 0.1 above 0.02 (Health.clip_frac=0.02)" in msg
+    step, msg = _first_alarm(HealthCheck(_health()), [_stats(clip=0.04)] * 3 + [_stats(clip=0.1)] * 3)
+    assert step == 6 and "langevin_delta_clip_frac" in msg and "= 0.1 above 0.05 (Health.clip_frac=0.05)" in msg
 
 
 def test_spikes_floors_reference_and_phases():

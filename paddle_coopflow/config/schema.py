@@ -201,7 +201,7 @@ class HealthConfig:
     warmup: int = _f(10, min=1, help="calm checks that build a quantity's reference before it is checked")
     window: int = _f(200, min=1, help="the reference is the median of this many latest calm checks")
     patience: int = _f(3, min=1, help="consecutive out-of-range checks of one quantity that make a blow-up")
-    clip_frac: float = _f(0.02, gt=0.0, max=1.0, help="share of Langevin gradient terms beyond the delta clip "
+    clip_frac: float = _f(0.05, gt=0.0, max=1.0, help="share of Langevin gradient terms beyond the delta clip "
                                                      "above which the energy is too steep")
     energy_factor: float = _f(10000.0, gt=1.0, help="max |f| above this x its reference is out of range")
     energy_floor: float = _f(1.0, gt=0.0, help="smallest reference of max |f| (f near 0 early on)")
