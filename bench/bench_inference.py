@@ -3,8 +3,8 @@
 Times, at one batch size, (1) dygraph generation as `CoopFlow.sample` does it (flow.inverse in eval
 mode + T Langevin steps at the test step size), optionally (`fast`) the same with the in-process
 static oneDNN Langevin step of paddle_coopflow.accel, (2) the flow alone in dygraph, (3) the
-exported `coopflow_sampler` (the fused engine of deploy/python/infer.py, oneDNN off, as required),
-(4) the stepwise engine (`flow_generator` with oneDNN off, then the grad-free `langevin_step` looped T
+exported `coopflow_sampler` (the fused sampler of deploy/python/infer.py, oneDNN off, as required),
+(4) the stepwise sampler (`flow_generator` with oneDNN off, then the grad-free `langevin_step` looped T
 times with oneDNN on; EBMRes only) and (5) `flow_generator` alone in Paddle Inference.
 Networks are randomly initialised (flow: one data-init pass on random images), so the bisection
 may take a different number of iterations than on a trained flow.
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="math threads; 0 = all cores")
     p.add_argument("--parts", default="dygraph,dygraph_flow,sampler,stepwise,flow",
                    help="comma list of: dygraph, fast (flow + the static oneDNN Langevin step of paddle_coopflow.accel), "
-                        "dygraph_flow, sampler (fused engine), stepwise (stepwise engine, oneDNN on), "
+                        "dygraph_flow, sampler (fused sampler), stepwise (stepwise sampler, oneDNN on), "
                         "stepwise_nodnn (the same with oneDNN off), flow, "
                         "flow_onednn (flow_generator with oneDNN, inplace_pass off)")
     p.add_argument("--out_dir", default="", help="keep the exported programs here (default: a temp dir)")
@@ -116,7 +116,7 @@ def _bench_dygraph(parts, flow, ebm, lg, z, zw, repeats: int, report) -> None:
 def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, report) -> None:
     import numpy as np
 
-    import infer  # deploy/python/infer.py: the deployment's own predictor settings and engines
+    import infer  # deploy/python/infer.py: the deployment's own predictor settings and samplers
     from paddle_coopflow.export import export_all
     from paddle_coopflow.accel import supports_manual_grad
 
@@ -140,7 +140,7 @@ def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, rep
     T = cfg.Langevin.n_steps
     noise = bool(info["langevin"]["noise_input"])
 
-    def eps(z0):  # a noise input (Langevin.noise on) gets zeros: the timing is the same
+    def eps(z0):  # a noise input (Langevin.noise_mode on) gets zeros: the timing is the same
         return np.zeros((T, *z0.shape), np.float32) if noise else None
 
     # (key, make a callable z -> samples)
@@ -165,7 +165,7 @@ def _bench_inference(parts, cfg, flow, ebm, z_np, zw_np, args, threads: int, rep
         report("inference_" + key, _median_time(lambda: fn(z_np, eps(z_np)), args.repeats,
                                                  lambda: fn(zw_np, eps(zw_np))))
         outputs[key] = fn(z_np, eps(z_np))
-    # the engines must agree (zero noise): a fast wrong engine is no result
+    # the samplers must agree (zero noise): a fast wrong sampler is no result
     ref = outputs.get("coopflow_sampler")
     for key in ("stepwise_onednn_on", "stepwise_onednn_off"):
         if ref is not None and key in outputs:

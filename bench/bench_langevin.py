@@ -112,7 +112,7 @@ def chain_check(ebm, args, np, paddle) -> dict:
             xf = x0
             with fast.chain():   # as langevin_flow runs it
                 for _ in range(T):
-                    xf = fast.step(xf, s, 0.1, (-1.0, 1.0))[0]
+                    xf = fast(fast.ebm, xf, s, 0.1, (-1.0, 1.0))[0]
             row[f"{v}_s"] = round(time.perf_counter() - t0, 1)
             row[f"{v}_max_abs_diff"] = float(np.abs(xf.numpy() - xd.numpy()).max())
         out[tag] = row
@@ -136,7 +136,7 @@ def bench_batch(B, args, ebm, fasts, tebm, torch) -> dict:
     x = paddle.to_tensor(np.random.RandomState(B).uniform(-1, 1, (B, 3, args.img, args.img)).astype("float32"))
     runs = {"paddle_dygraph": lambda: langevin_step(ebm, x, s, 0.1, (-1.0, 1.0))[0].numpy()}
     for v, fast in fasts.items():
-        runs[f"paddle_{v}"] = (lambda f: lambda: f.step(x, s, 0.1, (-1.0, 1.0))[0].numpy())(fast)
+        runs[f"paddle_{v}"] = (lambda f: lambda: f(f.ebm, x, s, 0.1, (-1.0, 1.0))[0].numpy())(fast)
     if tebm is not None:
         from torch_ebm import langevin_step as torch_step
 

@@ -44,8 +44,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
-from paddle_coopflow.cli import one_line  # noqa: E402
-from paddle_coopflow.config import load_config, run_cli  # noqa: E402
+from paddle_coopflow.cli import one_line, run_cli  # noqa: E402
+from paddle_coopflow.config import load_config  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
 
 DIR_ENV = "COOPFLOW_OFFICIAL_DIR"
@@ -70,7 +70,7 @@ def check_config(cfg, path: str) -> None:
              (list(f.in_shape) != [3, 32, 32] or cfg.EBM.img_size != 32,
               f"images {f.in_shape} (sample_flow draws [N, 3, 32, 32]; EBM_res builds 32 and 64 px only)",
               "use a CIFAR-10 or SVHN config"),
-             (lg.noise != "none", f"Langevin.noise={lg.noise} (ebm_sample adds none)", "use -o Langevin.noise=none"),
+             (lg.noise_mode != "none", f"Langevin.noise_mode={lg.noise_mode} (ebm_sample adds none)", "use -o Langevin.noise_mode=none"),
              (lg.delta_clip != 0.1 or list(lg.image_clip or []) != [-1.0, 1.0],
               "Langevin clips other than δ 0.1 and images [-1, 1] (ebm_sample's constants)",
               "use -o Langevin.delta_clip=0.1 -o Langevin.image_clip=[-1,1]"),
@@ -157,7 +157,7 @@ def import_official(path: str) -> types.SimpleNamespace:
     _stand_ins()
     sys.path.insert(0, path)
     warnings.filterwarnings("ignore", message=r".*weight_norm.*")          # torch's legacy weight norm, as used
-    warnings.filterwarnings("ignore", message=r".*epoch parameter in `scheduler.step\(\)`.*")  # step(gstep)
+    warnings.filterwarnings("ignore", message=r".*epoch parameter in `scheduler.step\(\)`.*")  # step(samples_seen)
     import main_cifar
     import torch
     import util
@@ -227,7 +227,7 @@ class OfficialIteration:
         warm_up = o.warmup_iters * batch
         ramp = (lambda s: min(1.0, s / warm_up)) if warm_up > 0 else (lambda s: 1.0)
         self.flow_sched, self.ebm_sched = sched.LambdaLR(self.flow_opt, ramp), sched.LambdaLR(self.ebm_opt, ramp)
-        self.gstep = 0
+        self.samples_seen = 0
 
     def propose(self):
         return self.off.main.sample_flow(self.flow, self.batch, "cpu").detach()
@@ -261,7 +261,7 @@ class OfficialIteration:
         if self.max_grad_norm > 0:
             self.off.util.clip_grad_norm(self.flow_opt, self.max_grad_norm)
         self.flow_opt.step()
-        self.flow_sched.step(self.gstep)
+        self.flow_sched.step(self.samples_seen)
         self.ebm_opt.zero_grad()
         ebm_loss, en_pos, en_neg = self.ebm_loss(x, x_ebm)
         ebm_loss.item()
@@ -269,10 +269,10 @@ class OfficialIteration:
         if self.ebm_clip:
             torch.nn.utils.clip_grad_norm_(self.ebm.parameters(), self.ebm_clip)
         self.ebm_opt.step()
-        self.ebm_sched.step(self.gstep)
+        self.ebm_sched.step(self.samples_seen)
         if any(bool(torch.isnan(v)) for v in (mse_loss, flow_loss, en_pos, en_neg, ebm_loss)):
-            raise UserError(f"the official iteration produced NaN at gstep {self.gstep}")
-        self.gstep += int(x.shape[0])
+            raise UserError(f"the official iteration produced NaN at sample {self.samples_seen}")
+        self.samples_seen += int(x.shape[0])
         t3 = time.perf_counter()
         return {"propose": t1 - t0, "revise": t2 - t1, "updates": t3 - t2, "total": t3 - t0}
 
@@ -424,7 +424,7 @@ def check(args, cfg) -> int:
     prop = np.abs(learner.propose(batch, z=t(z)).numpy() - x0.numpy())
     it.step_size = s
     x1 = it.revise(x0, n_steps=1)
-    ours1 = learner.revise(t(x0), step_size=s, n_steps=1).numpy()
+    ours1 = learner.revise(t(x0), step_size=s, n_steps=1)[0].numpy()
     draw = torch.randn if pflow.dequant_noise_kind == "normal" else torch.rand
     torch.manual_seed(args.seed + 2)
     noise = draw(shape)                         # what the official dequantization draws after the same seed

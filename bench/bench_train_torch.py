@@ -32,7 +32,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import paddle_coopflow  # noqa: E402,F401  (quiet paddle start-up)
-from paddle_coopflow.config import load_config, run_cli  # noqa: E402
+from paddle_coopflow.cli import run_cli  # noqa: E402
+from paddle_coopflow.config import load_config  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
 from bench_train import time_parts  # noqa: E402  (bench/ is on sys.path)
 
@@ -63,9 +64,9 @@ class TorchCoopFlow:
         self.flow_clip, self.flow_clip_mode, self.ebm_clip = o.flow_clip_norm, o.flow_clip_mode, o.ebm_clip_norm
         self.T, self.s, self.delta = lg.n_steps, lg.step_size, lg.delta_clip
         self.image_clip = tuple(lg.image_clip) if lg.image_clip else None
-        self.noise_std = noise_std_for(lg.noise, 0, lg.noise_decay_K, lg.noise_std)
+        self.noise_std = noise_std_for(lg.noise_mode, 0, lg.noise_decay_K, lg.noise_std)
         self.propose_in_train = cfg.Train.sample_flow_train_mode
-        self.gstep = 0
+        self.samples_seen = 0
 
     def _clip(self, groups, max_norm) -> float:
         clip = self.torch.nn.utils.clip_grad_norm_
@@ -110,7 +111,7 @@ class TorchCoopFlow:
         ebm_loss.backward()
         ebm_norm = self._clip([list(ebm.parameters())], self.ebm_clip)
         nll, el = float(flow_loss.item()), float(ebm_loss.item())
-        lam = self.warmup(self.gstep)
+        lam = self.warmup(self.samples_seen)
         for opt, base_lr in ((self.flow_opt, self.base_lr[0]), (self.ebm_opt, self.base_lr[1])):
             for g in opt.param_groups:
                 g["lr"] = base_lr * lam
@@ -120,7 +121,7 @@ class TorchCoopFlow:
                 self.flow_opt.step()
         self.flow_opt.zero_grad()
         self.ebm_opt.zero_grad()
-        self.gstep += int(x_data.shape[0])
+        self.samples_seen += int(x_data.shape[0])
         return {"flow_nll": nll, "ebm_loss": el}
 
 

@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from paddle_coopflow.config import load_config, run_cli  # noqa: E402
+from paddle_coopflow.cli import run_cli  # noqa: E402
+from paddle_coopflow.config import load_config  # noqa: E402
 from paddle_coopflow.errors import UserError  # noqa: E402
 
 

@@ -179,7 +179,7 @@ def _newton_inv_cdf(y, logits, means, log_scales, max_iters: Optional[int] = Non
     return x.reshape(y.shape)
 
 
-def mixture_inv_cdf(y, logits, means, log_scales, method: str = "bisection"):
+def mixture_inv_cdf(y, logits, means, log_scales, method: str = "newton"):
     """x with MixLogCDF(x) = y, y in (0, 1): 'bisection' (official) or 'newton' (config default)."""
     if method not in INV_CDF_METHODS:
         raise ValueError(f"unknown inverse_method {method!r}; choose one of {INV_CDF_METHODS}")
@@ -372,7 +372,7 @@ class Coupling(tnn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, num_blocks: int, num_components: int,
                  drop_prob: float, use_attn: bool = True, aux_channels: Optional[int] = None,
-                 inverse_method: str = "bisection"):
+                 inverse_method: str = "newton"):
         super().__init__()
         self.nn = NN(in_channels, mid_channels, num_blocks, num_components, drop_prob, use_attn, aux_channels)
         self.inverse_method = inverse_method
@@ -445,7 +445,7 @@ class Dequantization(tnn.Module):
     """Variational dequantization: ε ~ N(0, I) through a 4-step conditional flow, u = σ(h)."""
 
     def __init__(self, in_shape, mid_channels: int, num_blocks: int, num_components: int, use_attn: bool,
-                 drop_prob: float, num_flows: int = 4, aux_channels: int = 32, inverse_method: str = "bisection"):
+                 drop_prob: float, num_flows: int = 4, aux_channels: int = 32, inverse_method: str = "newton"):
         super().__init__()
         c = in_shape[0]
         self.aux_conv = tnn.Sequential(tnn.Conv2d(2 * c, aux_channels, 3, padding=1),
@@ -478,15 +478,14 @@ class Dequantization(tnn.Module):
 class TorchFlowPlusPlus(tnn.Module):
     """Flow++ on images in [-1, 1]; arguments and defaults as paddle_coopflow.models.FlowPlusPlus (no coupling_engine).
 
-    Like FlowPlusPlus, the class default inverse_method is 'bisection'; the config's (Flow.inverse_method,
-    used by from_config) is 'newton'.
+    Like FlowPlusPlus and the config's Flow.inverse_method, the default inverse_method is 'newton'.
 
     nll(x, noise) -> [N] nats; inverse(z) -> images (no grad); data_init(x) initialises the ActNorms.
     """
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
-                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
+                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "newton",
                  num_dequant_components: Optional[int] = None):
         super().__init__()
         if inverse_method not in INV_CDF_METHODS:

@@ -27,7 +27,7 @@ Baselines in the same code (`CoopFlowOptions.mode`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -37,93 +37,62 @@ import paddle.nn as nn
 from .langevin import langevin_flow, noise_std_for
 from .noise import Shard, draw
 from .optim import OptimBundle, clip_grad_norm, clip_grad_norm_groups
-from .sampling import propose
+from .sampling import nets_in_mode, propose
 from .sampling import sample as sample_coopflow
 
-__all__ = ["CoopFlowOptions", "CoopFlow", "ebm_ml_loss", "ebm_energy_l2_penalty", "flow_ml_loss"]
+__all__ = ["MODES", "CoopFlowOptions", "CoopFlow", "ebm_ml_loss", "ebm_energy_l2_penalty", "flow_ml_loss"]
 
-_MODES = ("coopflow", "flow_only", "langevin_only")
-_ENGINES = ("auto", "static", "dygraph")
+MODES = ("coopflow", "flow_only", "langevin_only")
 
 
-@dataclass
+def _key(section: str):
+    return field(metadata={"section": section})
+
+
+@dataclass(frozen=True)
 class CoopFlowOptions:
-    """Knobs of one training iteration; defaults are the official CIFAR-10 T=30 settings.
+    """What one training iteration reads from the config: each field is the config key of the same name.
 
-    Per-script values of the official code: main_cifar uses flow_clip_mode='per_group', flow_waits_for_ebm=False;
-    main_svhn/celeba use flow_skip_norm=1e6, ebm_clip_norm=1.0, ebm_skip_norm=5e6; the Pre scripts add
-    ebm_skip_in_first_epoch=False and a frozen flow in the first epochs (decided by the caller).
+    Built only by :meth:`from_config`; the config schema has validated every value. Per-script values of
+    the official code (configs/*.yaml): main_cifar uses flow_clip_mode 'per_group' and flow_waits_for_ebm
+    false; main_svhn/celeba skip the flow step at norm 1e6 and clip the EBM's gradient at 1.0; the Pre
+    scripts never skip the EBM step in epoch 0.
     """
-    mode: str = "coopflow"
-    n_steps: int = 30                       # T
-    step_size: float = 0.03                 # s during training ([P]; the argparse default is the test value)
-    test_step_size: float = 0.04            # s for generation / FID
-    delta_clip: Optional[float] = 0.1       # δ clip on ½s²∇f
-    image_clip: Optional[Tuple[float, float]] = (-1.0, 1.0)
-    noise_mode: str = "none"                # 'none' | 'constant' | 'decay' ([P] A.11, eq. 10)
-    noise_std: float = 1.0
-    noise_K: float = 30.0                   # decay horizon in epochs (CIFAR 30, SVHN 15)
-    flow_clip_norm: Optional[float] = 1.0
-    flow_clip_mode: str = "global"          # 'global' | 'per_group' (main_cifar)
-    flow_skip_norm: Optional[float] = None  # skip the flow step if pre-clip norm ≥ this
-    ebm_clip_norm: Optional[float] = None
-    ebm_skip_norm: Optional[float] = None
-    ebm_skip_in_first_epoch: bool = True    # False (Pre scripts): never skip the EBM step in epoch 0
-    ebm_energy_l2: float = 0.0              # α of the energy-scale guard (not in the paper); 0 = off
-    frozen_flow: bool = False               # default for train_step(frozen_flow=None)
-    n_update_flow: int = 1                  # flow updates on iterations with it % n == 0
-    sample_flow_in_train_mode: bool = True  # official: dropout active while proposing
-    flow_waits_for_ebm: bool = True         # step the flow only if the EBM stepped (False: main_cifar)
-    n_samples: Optional[int] = None         # proposals per iteration; None → data batch size
-    langevin_engine: str = "auto"           # 'auto' | 'static' | 'dygraph' (Langevin.engine)
-
-    def validate(self) -> "CoopFlowOptions":
-        """Raise a one-line ValueError naming the bad field."""
-        checks = [("mode", self.mode in _MODES, f"one of {_MODES}"),
-                  ("n_steps", self.n_steps >= 0, ">= 0"),
-                  ("step_size", self.step_size > 0, "> 0"),
-                  ("test_step_size", self.test_step_size > 0, "> 0"),
-                  ("noise_mode", self.noise_mode in ("none", "constant", "decay"), "'none'|'constant'|'decay'"),
-                  ("flow_clip_mode", self.flow_clip_mode in ("global", "per_group"), "'global'|'per_group'"),
-                  ("n_update_flow", self.n_update_flow >= 1, ">= 1"),
-                  ("ebm_energy_l2", self.ebm_energy_l2 >= 0, ">= 0"),
-                  ("langevin_engine", self.langevin_engine in _ENGINES, f"one of {_ENGINES}")]
-        for name, ok, want in checks:
-            if not ok:
-                raise ValueError(f"CoopFlowOptions.{name}={getattr(self, name)!r} is invalid; expected {want}")
-        return self
+    mode: str = _key("Train")                       # see MODES; the pre-training phase passes 'flow_only'
+    n_update_flow: int = _key("Train")              # flow updates on iterations with it % n == 0
+    sample_flow_train_mode: bool = _key("Train")    # propose with the flow in train mode (official: dropout on)
+    flow_waits_for_ebm: bool = _key("Train")        # step the flow only if the EBM stepped (false: main_cifar)
+    n_steps: int = _key("Langevin")                 # T
+    step_size: float = _key("Langevin")             # s during training
+    test_step_size: float = _key("Langevin")        # s for generation / FID
+    delta_clip: Optional[float] = _key("Langevin")  # δ clip on ½s²∇f
+    image_clip: Optional[Tuple[float, float]] = _key("Langevin")
+    noise_mode: str = _key("Langevin")              # 'none' | 'constant' | 'decay' (eq. 10)
+    noise_std: float = _key("Langevin")
+    noise_decay_K: float = _key("Langevin")         # decay horizon in epochs
+    engine: str = _key("Langevin")                  # the Langevin step's engine (accel.make_langevin_step)
+    flow_clip_norm: Optional[float] = _key("Optimizer")
+    flow_clip_mode: str = _key("Optimizer")         # 'global' | 'per_group' (main_cifar)
+    flow_skip_norm: Optional[float] = _key("Optimizer")   # skip the flow step if the pre-clip norm ≥ this
+    ebm_clip_norm: Optional[float] = _key("Optimizer")
+    ebm_skip_norm: Optional[float] = _key("Optimizer")
+    ebm_skip_in_first_epoch: bool = _key("Optimizer")
+    ebm_energy_l2: float = _key("Optimizer")        # α of the energy-scale guard (not in the paper); 0 = off
 
     @classmethod
     def from_config(cls, cfg, mode: Optional[str] = None) -> "CoopFlowOptions":
-        """The options of a resolved :class:`~paddle_coopflow.config.Config` (Langevin, Optimizer, Train).
+        """The options of a resolved :class:`~paddle_coopflow.config.Config`.
 
         Args:
             cfg: the config.
             mode: overrides ``cfg.Train.mode`` (the trainer's flow pre-training phase uses 'flow_only').
         """
-        lg, o, t = cfg.Langevin, cfg.Optimizer, cfg.Train
-        return cls(
-            mode=mode or t.mode, n_steps=lg.n_steps, step_size=lg.step_size, test_step_size=lg.test_step_size,
-            delta_clip=lg.delta_clip, image_clip=tuple(lg.image_clip) if lg.image_clip else None,
-            noise_mode=lg.noise, noise_std=lg.noise_std, noise_K=lg.noise_decay_K,
-            flow_clip_norm=o.flow_clip_norm, flow_clip_mode=o.flow_clip_mode, flow_skip_norm=o.flow_skip_norm,
-            ebm_clip_norm=o.ebm_clip_norm, ebm_skip_norm=o.ebm_skip_norm,
-            ebm_skip_in_first_epoch=o.ebm_skip_in_first_epoch, ebm_energy_l2=o.ebm_energy_l2,
-            n_update_flow=t.n_update_flow,
-            sample_flow_in_train_mode=t.sample_flow_train_mode, flow_waits_for_ebm=t.flow_waits_for_ebm,
-            langevin_engine=lg.engine).validate()
-
-    @classmethod
-    def from_dict(cls, d: Dict) -> "CoopFlowOptions":
-        """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ValueError(f"unknown CoopFlowOptions key(s) {bad}; known: {sorted(known)}")
-        opts = cls(**d)
-        if opts.image_clip is not None:
-            opts.image_clip = (float(opts.image_clip[0]), float(opts.image_clip[1]))
-        return opts.validate()
+        values = {f.name: getattr(getattr(cfg, f.metadata["section"]), f.name) for f in fields(cls)}
+        if values["image_clip"] is not None:
+            values["image_clip"] = (float(values["image_clip"][0]), float(values["image_clip"][1]))
+        if mode is not None:
+            values["mode"] = mode
+        return cls(**values)
 
 
 def _finite(*vals: float) -> bool:
@@ -188,57 +157,61 @@ class CoopFlow:
         flow: normalizing flow (see module docstring); None only for mode 'langevin_only'.
         ebm: energy network; None only for mode 'flow_only'.
         flow_optim / ebm_optim: bundles from paddle_coopflow.optim (None for the unused net).
-        options: CoopFlowOptions.
-        gstep: samples seen so far (restore it on resume); the LR schedulers are stepped with it.
+        options: :meth:`CoopFlowOptions.from_config`.
+        samples_seen: training samples seen so far (restore it on resume); the LR schedulers step with it.
     """
 
     def __init__(self, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], flow_optim: Optional[OptimBundle],
-                 ebm_optim: Optional[OptimBundle], options: Optional[CoopFlowOptions] = None, gstep: int = 0):
-        self.o = (options or CoopFlowOptions()).validate()
-        need_flow, need_ebm = self.o.mode != "langevin_only", self.o.mode != "flow_only"
-        if need_flow and (flow is None or flow_optim is None):
-            raise ValueError(f"mode {self.o.mode!r} needs a flow and its optimizer")
-        if need_ebm and (ebm is None or ebm_optim is None):
-            raise ValueError(f"mode {self.o.mode!r} needs an EBM and its optimizer")
+                 ebm_optim: Optional[OptimBundle], options: CoopFlowOptions, samples_seen: int = 0):
+        self.opts = options
+        if options.mode not in MODES:
+            raise ValueError(f"mode {options.mode!r}; use one of {MODES}")
+        if options.mode != "langevin_only" and (flow is None or flow_optim is None):
+            raise ValueError(f"mode {options.mode!r} needs a flow and its optimizer")
+        if options.mode != "flow_only" and (ebm is None or ebm_optim is None):
+            raise ValueError(f"mode {options.mode!r} needs an EBM and its optimizer")
         self.flow, self.ebm = flow, ebm
         self.flow_optim, self.ebm_optim = flow_optim, ebm_optim
-        self.gstep = int(gstep)
+        self.samples_seen = int(samples_seen)
         # Data-parallel training sets these to paddle.DataParallel wrappers (forward = flow.nll / ebm):
         # the loss forward passes then go through the reducer, so gradients are all-reduced across ranks.
         # Sampling always uses the raw nets (no parameter gradients are involved there).
         self.loss_flow: Optional[nn.Layer] = None
         self.loss_ebm: Optional[nn.Layer] = None
-        # One Langevin step of eq. (3) in the engine `options.langevin_engine` chooses (config, device and
-        # build decide; never timing): this learner's own, no process-wide state.
+        # One Langevin step of eq. (3) in the engine Langevin.engine chooses (config, device and build
+        # decide; never timing): this learner's own, no process-wide state.
         self.langevin_step: Optional[Callable] = None
         if ebm is not None:
             from .accel import make_langevin_step
 
-            self.langevin_step = make_langevin_step(ebm, self.o.langevin_engine)
+            self.langevin_step = make_langevin_step(ebm, options.engine)
 
     # ----------------------------------------------------------------------------------- sampling
     @paddle.no_grad()
     def propose(self, n: int, z: Optional[paddle.Tensor] = None, shape=None) -> paddle.Tensor:
         """x̂ [n, ...]: flow inverse of z ~ N(0, I) (or U(-1, 1) for 'langevin_only', needs `shape`)."""
-        if self.o.mode == "langevin_only" and shape is None and z is None:
+        if self.opts.mode == "langevin_only" and shape is None and z is None:
             raise ValueError("langevin_only proposals need the sample shape (pass shape=x.shape[1:])")
-        return propose(self.flow if self.o.mode != "langevin_only" else None, n, z, shape)
+        return propose(self.flow if self.opts.mode != "langevin_only" else None, n, z, shape)
 
-    def revise(self, x_prop: paddle.Tensor, epoch: float = 0, step_size: Optional[float] = None,
-               n_steps: Optional[int] = None, train: bool = True, return_stats: bool = False,
-               shard: Optional[Shard] = None):
-        """x̃ = Langevin flow from x̂ (eq. 3). Training adds the configured noise; generation has none.
+    def revise(self, x_prop: paddle.Tensor, noise_std: float = 0.0, shard: Optional[Shard] = None,
+               step_size: Optional[float] = None, n_steps: Optional[int] = None):
+        """x̃ = Langevin flow of f_θ from x̂ (eq. 3), detached: (x̃ [n, ...], stats of langevin_flow).
 
-        shard: where x_prop sits in a data-parallel global batch (the noise is drawn for all of it).
+        Args:
+            x_prop: [n, ...] proposals x̂.
+            noise_std: σ_noise of this iteration (0: the official deterministic sampler).
+            shard: where x_prop sits in a data-parallel global batch (the noise is drawn for all of it).
+            step_size / n_steps: default to the training s and T.
         """
-        std = noise_std_for(self.o.noise_mode, epoch, self.o.noise_K, self.o.noise_std) if train else 0.0
-        T = self.o.n_steps if n_steps is None else n_steps
-        kw = {} if self.langevin_step is None else {"step": self.langevin_step}
-        if std > 0.0 and T > 0:
+        T = self.opts.n_steps if n_steps is None else n_steps
+        noise = None
+        if noise_std > 0.0 and T > 0:
             n = int(x_prop.shape[0])
-            kw["noise"] = draw("normal", [T] + list(x_prop.shape), shard or Shard.single(n), axis=1)
-        return langevin_flow(self.ebm, x_prop, T, step_size or (self.o.step_size if train else self.o.test_step_size),
-                             self.o.delta_clip, self.o.image_clip, noise_std=std, return_stats=return_stats, **kw)
+            noise = draw("normal", [T] + list(x_prop.shape), shard or Shard.single(n), axis=1)
+        return langevin_flow(self.ebm, x_prop, T, step_size or self.opts.step_size, self.opts.delta_clip,
+                             self.opts.image_clip, noise_std=noise_std, noise=noise, return_stats=True,
+                             step=self.langevin_step)
 
     def sample(self, n: int, z: Optional[paddle.Tensor] = None, step_size: Optional[float] = None,
                n_steps: Optional[int] = None, shape=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
@@ -246,22 +219,23 @@ class CoopFlow:
 
         step_size defaults to test_step_size; no noise.
         """
-        if self.o.mode == "langevin_only" and z is None and shape is None:
+        o = self.opts
+        if o.mode == "langevin_only" and z is None and shape is None:
             raise ValueError("langevin_only samples need the sample shape (pass shape=x.shape[1:])")
-        return sample_coopflow(self.flow, self.ebm, n, z, shape, n_steps=self.o.n_steps if n_steps is None else n_steps,
-                               step_size=step_size or self.o.test_step_size, delta_clip=self.o.delta_clip,
-                               image_clip=self.o.image_clip, langevin_step=self.langevin_step)
+        return sample_coopflow(self.flow, self.ebm, n, z, shape, n_steps=o.n_steps if n_steps is None else n_steps,
+                               step_size=step_size or o.test_step_size, delta_clip=o.delta_clip,
+                               image_clip=o.image_clip, langevin_step=self.langevin_step)
 
     # ----------------------------------------------------------------------------------- training
-    def train_step(self, x_data: paddle.Tensor, epoch: int, it: int,
-                   frozen_flow: Optional[bool] = None, shard: Optional[Shard] = None) -> Dict[str, float]:
-        """One iteration of Algorithm 1 (or of the baseline named by options.mode).
+    def train_step(self, x_data: paddle.Tensor, epoch: int, it: int, frozen_flow: bool = False,
+                   shard: Optional[Shard] = None) -> Dict[str, float]:
+        """One iteration of Algorithm 1 (or of the baseline named by the mode).
 
         Args:
             x_data: [B, C, H, W] real images in [-1, 1].
             epoch: current epoch (noise decay, first-epoch skip rule).
             it: iteration within the epoch (n_update_flow gating, like the official `counter`).
-            frozen_flow: overrides options.frozen_flow for this iteration.
+            frozen_flow: the flow proposes but is not updated (CoopFlow(Pre)'s frozen-flow epochs).
             shard: where x_data sits in the global batch of a data-parallel run (None: one process);
                 every random draw is made for the global batch and sliced (paddle_coopflow.noise).
 
@@ -270,94 +244,104 @@ class CoopFlow:
             penalty, when on), f_data, f_revised, f_proposal, flow_nll, flow_bpd,
             flow_grad_norm (+ per group), ebm_grad_norm, lr_flow, lr_ebm, langevin_mse,
             langevin_sq_change, langevin_delta_clip_frac, noise_std, ebm_stepped, flow_stepped,
-            ebm_skipped, flow_skipped, nonfinite, gstep. NaN marks a quantity not computed.
+            ebm_skipped, flow_skipped, flow_updating, nonfinite, samples_seen. NaN marks a quantity not
+            computed.
         """
-        shard = shard or Shard.single(x_data.shape[0])
-        if self.o.mode == "flow_only":
+        o = self.opts
+        batch = int(x_data.shape[0])
+        shard = shard or Shard.single(batch)
+        if o.mode == "flow_only":
             return self._flow_only_step(x_data, shard)
-        o = self.o
-        frozen = o.frozen_flow if frozen_flow is None else bool(frozen_flow)
-        nan = float("nan")
-        # 1.-2. propose, then revise with the Langevin flow (detached)
-        x_rev, ls, noise_std = self._propose_and_revise(x_data, epoch, shard)
-
-        # 3. flow loss on the revised samples (computed for logging even when not updating)
-        stats: Dict[str, float] = {"flow_nll": nan, "flow_bpd": nan, "flow_grad_norm": nan,
-                                   "lr_flow": self.flow_optim.lr() if self.flow_optim else nan}
-        update_flow = o.mode == "coopflow" and not frozen and it % o.n_update_flow == 0
-        flow_norm, flow_ok = float("nan"), True
-        if o.mode == "coopflow":
-            _, flow_norm, flow_ok = self._flow_backward(x_rev, update_flow, stats, shard)
-
-        # 4. EBM loss (eq. 2): raise f on data, lower it on the revised samples
-        el, fd, fr, ebm_norm = self._ebm_backward(x_data, x_rev, stats)
-
-        # 5. decide and step: each net is vetoed by its own non-finite values only
-        ebm_ok = _finite(fd, fr, el, ebm_norm, ls["mse"], stats.get("ebm_energy_l2", 0.0))
-        nonfinite = not (ebm_ok and flow_ok)
-        ebm_go = ebm_ok and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
-                             or (not o.ebm_skip_in_first_epoch and epoch == 0))
-        flow_go = (update_flow and flow_ok
-                   and (o.flow_skip_norm is None or flow_norm < o.flow_skip_norm)
-                   and (ebm_go or not o.flow_waits_for_ebm))
-        lr_ebm = self.ebm_optim.lr()
-        if ebm_go:
-            self.ebm_optim.step(self.gstep)
-        if flow_go:
-            self.flow_optim.step(self.gstep)
-        self._clear_grads()
-        self.gstep += int(x_data.shape[0])
-
-        stats.update({"ebm_loss": el, "f_data": fd, "f_revised": fr, "f_proposal": ls["f_start"],
-                      "ebm_grad_norm": ebm_norm, "lr_ebm": lr_ebm, "noise_std": noise_std,
-                      "langevin_mse": ls["mse"], "langevin_sq_change": ls["sq_change"],
-                      "langevin_delta_clip_frac": ls["delta_clip_frac"],
-                      "ebm_stepped": ebm_go, "flow_stepped": flow_go,
-                      "ebm_skipped": not ebm_go, "flow_skipped": update_flow and not flow_go,
-                      "flow_updating": update_flow, "nonfinite": nonfinite, "gstep": self.gstep})
+        noise_std = noise_std_for(o.noise_mode, epoch, o.noise_decay_K, o.noise_std)
+        update_flow = o.mode == "coopflow" and not frozen_flow and it % o.n_update_flow == 0
+        self._start_iteration()
+        # Algorithm 1, line 3: propose x̂ = g_α(z), z ~ N(0, I) (U(-1, 1) images without a flow)
+        x_prop = self._propose_for_training(batch, x_data.shape[1:], shard)
+        # line 4: revise x̃ = T Langevin steps of eq. (3) on f_θ from x̂
+        x_rev, langevin = self.revise(x_prop, noise_std, shard)
+        # line 5: flow: maximum likelihood on the revisions, eq. (6) (gradient only: the step is gated below)
+        flow = self._flow_backward(x_rev, update_flow, shard) if o.mode == "coopflow" else _NO_FLOW
+        # line 6: EBM: raise f on the data, lower it on the revisions, eq. (2)
+        ebm = self._ebm_backward(x_data, x_rev)
+        # take the steps each net's own finite values (and skip norms) allow
+        ebm_ok = ebm["finite"] and math.isfinite(langevin["mse"])
+        ebm_go, flow_go = self._steps_allowed(ebm_ok, ebm["grad_norm"], flow, update_flow, epoch)
+        lr_flow, lr_ebm = (self.flow_optim.lr() if self.flow_optim else float("nan")), self.ebm_optim.lr()
+        self._take_steps(ebm_go, flow_go, batch)
+        stats = {k: v for k, v in flow.items() if k != "finite"}
+        stats.update({k: v for k, v in ebm.items() if k not in ("grad_norm", "finite")})
+        stats.update({"f_proposal": langevin["f_start"], "ebm_grad_norm": ebm["grad_norm"], "lr_flow": lr_flow,
+                      "lr_ebm": lr_ebm, "noise_std": noise_std, "langevin_mse": langevin["mse"],
+                      "langevin_sq_change": langevin["sq_change"],
+                      "langevin_delta_clip_frac": langevin["delta_clip_frac"],
+                      "ebm_stepped": ebm_go, "flow_stepped": flow_go, "ebm_skipped": not ebm_go,
+                      "flow_skipped": update_flow and not flow_go, "flow_updating": update_flow,
+                      "nonfinite": not (ebm_ok and flow["finite"]), "samples_seen": self.samples_seen})
         return stats
 
-    def _propose_and_revise(self, x_data: paddle.Tensor, epoch: int, shard: Shard):
-        """Steps 1-2 of an iteration: (x̃ [n, ...], Langevin stats, σ_noise of this epoch); nets left in train mode.
-
-        The flow proposes in train mode by default (dropout on), as the official code does.
-        """
-        o = self.o
+    def _start_iteration(self) -> None:
+        """Both nets in train mode, no gradients left over."""
         for m in (self.flow, self.ebm):
             if m is not None:
                 m.train()
         self._clear_grads()
-        if self.flow is not None and not o.sample_flow_in_train_mode:
-            self.flow.eval()
-        n = int(o.n_samples or x_data.shape[0])
-        if o.mode == "langevin_only":
-            z = draw("uniform", [n] + list(x_data.shape[1:]), shard)
-        else:
-            z = draw("normal", [n] + list(self.flow.z_shape), shard)
-        x_prop = self.propose(n, z=z)
-        if self.flow is not None:
-            self.flow.train()
-        noise_std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
-        x_rev, ls = self.revise(x_prop, epoch, train=True, return_stats=True, shard=shard)
-        return x_rev, ls, noise_std
 
-    def _ebm_backward(self, x_data: paddle.Tensor, x_rev: paddle.Tensor, stats: Dict[str, float]):
+    def _propose_for_training(self, n: int, sample_shape, shard: Shard) -> paddle.Tensor:
+        """x̂ [n, ...] from latents drawn for the global batch; the flow in train mode unless
+        Train.sample_flow_train_mode is false (the official code proposes with dropout on)."""
+        if self.opts.mode == "langevin_only":
+            return self.propose(n, z=draw("uniform", [n] + list(sample_shape), shard))
+        z = draw("normal", [n] + list(self.flow.z_shape), shard)
+        if self.opts.sample_flow_train_mode:
+            return self.propose(n, z=z)
+        with nets_in_mode([self.flow], training=False):
+            return self.propose(n, z=z)
+
+    def _steps_allowed(self, ebm_ok: bool, ebm_norm: float, flow: Dict, update_flow: bool, epoch: int):
+        """(EBM steps, flow steps): each net is vetoed by its own non-finite values or skip norm only;
+        with Train.flow_waits_for_ebm the flow also waits for the EBM's step."""
+        o = self.opts
+        ebm_go = ebm_ok and (o.ebm_skip_norm is None or ebm_norm < o.ebm_skip_norm
+                             or (not o.ebm_skip_in_first_epoch and epoch == 0))
+        flow_go = (update_flow and flow["finite"]
+                   and (o.flow_skip_norm is None or flow["flow_grad_norm"] < o.flow_skip_norm)
+                   and (ebm_go or not o.flow_waits_for_ebm))
+        return ebm_go, flow_go
+
+    def _take_steps(self, ebm_go: bool, flow_go: bool, batch: int) -> None:
+        if ebm_go:
+            self.ebm_optim.step(self.samples_seen)
+        if flow_go:
+            self.flow_optim.step(self.samples_seen)
+        self._clear_grads()
+        self.samples_seen += batch
+
+    def _ebm_backward(self, x_data: paddle.Tensor, x_rev: paddle.Tensor) -> Dict:
         """EBM loss of eq. (2), plus the energy guard when on; backprop and clip.
 
-        Returns (loss of eq. 2, mean f(x), mean f(x̃), pre-clip gradient norm); the guard's penalty goes to stats.
+        Returns {ebm_loss (eq. 2), f_data, f_revised (means), grad_norm (pre-clip), finite, and
+        ebm_energy_l2 (the guard's penalty) when the guard is on}.
         """
         loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
-        total = loss
-        if self.o.ebm_energy_l2 > 0:
-            penalty = ebm_energy_l2_penalty(f_data, f_rev, self.o.ebm_energy_l2)
-            stats["ebm_energy_l2"] = float(penalty.item())
+        total, out = loss, {}
+        if self.opts.ebm_energy_l2 > 0:
+            penalty = ebm_energy_l2_penalty(f_data, f_rev, self.opts.ebm_energy_l2)
+            out["ebm_energy_l2"] = float(penalty.item())
             total = loss + penalty
         total.backward()
-        norm = clip_grad_norm(self.ebm_optim.parameters, self.o.ebm_clip_norm)
-        return float(loss.item()), float(f_data.mean().item()), float(f_rev.mean().item()), norm
+        norm = clip_grad_norm(self.ebm_optim.parameters, self.opts.ebm_clip_norm)
+        out.update({"ebm_loss": float(loss.item()), "f_data": float(f_data.mean().item()),
+                    "f_revised": float(f_rev.mean().item()), "grad_norm": norm})
+        out["finite"] = _finite(out["ebm_loss"], out["f_data"], out["f_revised"], norm,
+                                out.get("ebm_energy_l2", 0.0))
+        return out
 
-    def _flow_backward(self, x: paddle.Tensor, update: bool, stats: Dict[str, float], shard: Shard):
-        """Flow NLL on x (eq. 6); with `update`, backprop and clip. Returns (loss, pre-clip norm, finite)."""
+    def _flow_backward(self, x: paddle.Tensor, update: bool, shard: Shard) -> Dict:
+        """Flow NLL on x (eq. 6); with `update`, backprop and clip.
+
+        Returns {flow_nll, flow_bpd, flow_grad_norm (pre-clip; NaN without update), flow_grad_norm/<group>,
+        finite}. A frozen flow's NLL is only logged, so only an updating flow can be non-finite.
+        """
         d = float(np.prod(x.shape[1:]))
         net = (self.loss_flow or self.flow.nll) if update else self.flow.nll
         kind = getattr(self.flow, "dequant_noise_kind", None)  # flows without dequantization draw nothing
@@ -366,37 +350,39 @@ class CoopFlow:
             nll = lambda v: net(v, noise)  # noqa: E731
         else:
             nll = net
+        out = {}
         if update:
             loss = flow_ml_loss(nll, x)
             loss.backward()
-            norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.o.flow_clip_norm, self.o.flow_clip_mode)
-            for name, v in zip(self.flow_optim.group_names, per):
-                stats[f"flow_grad_norm/{name}"] = v
+            norm, per = clip_grad_norm_groups(self.flow_optim.groups, self.opts.flow_clip_norm,
+                                              self.opts.flow_clip_mode)
+            out.update({f"flow_grad_norm/{name}": v for name, v in zip(self.flow_optim.group_names, per)})
         else:
             with paddle.no_grad():
                 loss = flow_ml_loss(nll, x)
             norm = float("nan")
-        nll = float(loss.item())
-        stats.update({"flow_nll": nll, "flow_bpd": nll / (d * math.log(2.0)), "flow_grad_norm": norm})
-        # A frozen flow's NLL is only logged, so only an updating flow can veto the step.
-        ok = _finite(nll, norm) if update else True
-        return loss, norm, ok
+        value = float(loss.item())
+        out.update({"flow_nll": value, "flow_bpd": value / (d * math.log(2.0)), "flow_grad_norm": norm,
+                    "lr_flow": self.flow_optim.lr(), "finite": _finite(value, norm) if update else True})
+        return out
 
     def _flow_only_step(self, x_data: paddle.Tensor, shard: Shard) -> Dict[str, float]:
         """Baseline: Flow++ maximum likelihood on the data (clip/skip as for the flow in CoopFlow)."""
         self.flow.train()
         self._clear_grads()
-        stats: Dict[str, float] = {"lr_flow": self.flow_optim.lr()}
-        _, norm, ok = self._flow_backward(x_data, True, stats, shard)
-        go = ok and (self.o.flow_skip_norm is None or norm < self.o.flow_skip_norm)
-        if go:
-            self.flow_optim.step(self.gstep)
-        self._clear_grads()
-        self.gstep += int(x_data.shape[0])
-        stats.update({"flow_stepped": go, "flow_skipped": not go, "nonfinite": not ok, "gstep": self.gstep})
+        stats = self._flow_backward(x_data, True, shard)
+        ok = stats.pop("finite")
+        go = ok and (self.opts.flow_skip_norm is None or stats["flow_grad_norm"] < self.opts.flow_skip_norm)
+        self._take_steps(False, go, int(x_data.shape[0]))
+        stats.update({"flow_stepped": go, "flow_skipped": not go, "nonfinite": not ok,
+                      "samples_seen": self.samples_seen})
         return stats
 
     def _clear_grads(self) -> None:
         for b in (self.flow_optim, self.ebm_optim):
             if b is not None:
                 b.clear_grad()
+
+
+# The flow's part of the stats when no flow is trained (langevin_only).
+_NO_FLOW = {"flow_nll": float("nan"), "flow_bpd": float("nan"), "flow_grad_norm": float("nan"), "finite": True}

@@ -24,7 +24,7 @@ Facts this relies on (docs/paddle_notes.md):
 - The Langevin step clones its input, because the PIR in-place pass would otherwise overwrite the
   caller's tensor ("The in-place pass and detached inputs").
 - Paddle 3 writes ``<name>.json`` (PIR) + ``<name>.pdiparams``; older Paddle ``<name>.pdmodel``.
-  :func:`find_model_file` accepts both.
+  ``deploy/python/infer.py``'s ``find_model_file`` (the one reader of an export directory) accepts both.
 - Running the first four programs in Paddle Inference needs ``config.disable_mkldnn()`` (or deleting
   ``inplace_pass``): with oneDNN on, grad programs fail and the bisection inverse is silently wrong
   ("Paddle Inference: oneDNN, gradient ops and the in-place pass").
@@ -50,7 +50,7 @@ from .langevin import langevin_flow, langevin_step, noise_std_for
 from .version import __version__
 
 __all__ = ["PROGRAMS", "ONEDNN_SAFE", "FlowGenerator", "Energy", "EnergyGrad", "CoopFlowSampler",
-           "LangevinStepProgram", "SamplerSettings", "sampler_settings", "find_model_file", "export_layer", "export_all", "export_checkpoint",
+           "LangevinStepProgram", "SamplerSettings", "sampler_settings", "export_layer", "export_all", "export_checkpoint",
            "write_infer_cfg"]
 
 PROGRAMS = ("flow_generator", "energy", "energy_grad", "coopflow_sampler", "langevin_step")
@@ -134,13 +134,13 @@ class SamplerSettings:
 def sampler_settings(cfg) -> SamplerSettings:
     """Sampler settings from a Config: T = Langevin.n_steps at Langevin.test_step_size.
 
-    Noise follows Langevin.noise through :func:`~paddle_coopflow.langevin.noise_std_for` at the end of
+    Noise follows Langevin.noise_mode through :func:`~paddle_coopflow.langevin.noise_std_for` at the end of
     the run (epoch = Train.coop_epochs): 'none' → no noise input (the official sampler); 'constant' → σ =
     noise_std; 'decay' → noise_std·r(coop_epochs) of eq. (10) (0, hence no noise input, once
     coop_epochs ≥ K).
     """
     lg = cfg.Langevin
-    std = noise_std_for(lg.noise, cfg.Train.coop_epochs, lg.noise_decay_K, lg.noise_std)
+    std = noise_std_for(lg.noise_mode, cfg.Train.coop_epochs, lg.noise_decay_K, lg.noise_std)
     return SamplerSettings(lg.n_steps, lg.test_step_size, lg.delta_clip, lg.image_clip, std)
 
 
@@ -225,24 +225,6 @@ class LangevinStepProgram(nn.Layer):
 
 
 # ------------------------------------------------------------------------------------ files
-def find_model_file(model_dir: str, name: str) -> Tuple[str, str]:
-    """(program file, params file) of program `name` in `model_dir`: ``.json`` (PIR) or ``.pdmodel``.
-
-    Raises:
-        FileNotFoundError: one line naming the files looked for.
-    """
-    params = os.path.join(model_dir, name + ".pdiparams")
-    for suf in MODEL_SUFFIXES:
-        path = os.path.join(model_dir, name + suf)
-        if os.path.isfile(path):
-            if not os.path.isfile(params):
-                raise FileNotFoundError(f"{path} has no parameter file {params}; re-export the model")
-            return path, params
-    tried = " or ".join(os.path.join(model_dir, name + s) for s in MODEL_SUFFIXES)
-    raise FileNotFoundError(f"no exported program '{name}' in {model_dir}: expected {tried} "
-                            f"(+ {name}.pdiparams); run tools/export_model.py first")
-
-
 def export_layer(layer: nn.Layer, input_spec: List[InputSpec], path_prefix: str) -> Tuple[str, str]:
     """Trace `layer` (switched to eval mode) with `input_spec` and save it; returns (model, params)."""
     layer.eval()  # REQUIRED for programs with paddle.grad inside (see the module doc)
@@ -251,7 +233,9 @@ def export_layer(layer: nn.Layer, input_spec: List[InputSpec], path_prefix: str)
         warnings.filterwarnings("ignore", message=".*place' interface for pir graph mode")
         static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
         paddle.jit.save(static, path_prefix)
-    return find_model_file(os.path.dirname(path_prefix) or ".", os.path.basename(path_prefix))
+    params = path_prefix + ".pdiparams"
+    model = next(path_prefix + suf for suf in MODEL_SUFFIXES if os.path.isfile(path_prefix + suf))
+    return model, params
 
 
 def _frozen_copy(net: nn.Layer) -> nn.Layer:

@@ -111,9 +111,7 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
 
     Args:
         ebm: f_θ, maps [N, ...] → [N]. Used in whatever train/eval mode it is in.
-        x: [N, C, H, W] (or [N, D]) starting points x̂, e.g. in [-1, 1].
-        n_steps: T ≥ 0.
-        step_size: s.
+        x: [N, C, H, W] (or [N, D]) starting points x̂, e.g. in [-1, 1].  n_steps: T ≥ 0.  step_size: s.
         delta_clip: δ bound on the gradient term (official 0.1); None disables.
         image_clip: (lo, hi) image clip after each step (official (-1, 1)); None disables.
         noise_std: σ_noise multiplying s·ε (0 = the official deterministic sampler).
@@ -138,16 +136,22 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
         expected = [n_steps] + list(x.shape)
         if list(noise.shape) != expected:
             raise ValueError(f"Langevin noise has shape {list(noise.shape)}, expected [T, *x.shape] = {expected}")
-    if differentiable and x.stop_gradient:
-        # Nothing upstream to reach; still build a graph so second-order terms exist.
+    if differentiable and x.stop_gradient:  # nothing upstream to reach; still build a graph for 2nd order
         x = x.clone()
         x.stop_gradient = False
     step_fn = langevin_step if step is None else step
     chain = step_fn.chain() if hasattr(step_fn, "chain") else contextlib.nullcontext()
-    x0 = x
+    x0, f_first, f_last, clip_count = x, None, None, 0.0
     with chain, paddle.set_grad_enabled(True):
-        x, f_first, f_last, clip_count = _run_steps(step_fn, ebm, x, n_steps, step_size, delta_clip, image_clip,
-                                                    noise_std, differentiable, noise, return_stats)
+        for k in range(n_steps):
+            eps = None if (noise is None or noise_std <= 0.0) else noise[k]
+            x, f, drift = step_fn(ebm, x, step_size, delta_clip, image_clip, eps, noise_std,
+                                  create_graph=differentiable)
+            if return_stats:
+                f_last = f.mean()
+                f_first = f_last if f_first is None else f_first
+                if delta_clip is not None:
+                    clip_count = clip_count + (drift.abs() > delta_clip).astype("float32").mean()
     if not differentiable:
         x = x.detach()
         if n_steps == 0:
@@ -155,22 +159,6 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
     if not return_stats:
         return x
     return x, _flow_stats(x0, x, f_first, f_last, clip_count, n_steps)
-
-
-def _run_steps(step_fn, ebm, x, n_steps, step_size, delta_clip, image_clip, noise_std, differentiable, noise,
-               return_stats):
-    """The loop of langevin_flow: (x_T, mean f at the first step, at the last step, summed clip fractions)."""
-    f_first = f_last = None
-    clip_count = 0.0
-    for k in range(n_steps):
-        eps = None if (noise is None or noise_std <= 0.0) else noise[k]
-        x, f, drift = step_fn(ebm, x, step_size, delta_clip, image_clip, eps, noise_std, create_graph=differentiable)
-        if return_stats:
-            f_last = f.mean()
-            f_first = f_last if f_first is None else f_first
-            if delta_clip is not None:
-                clip_count = clip_count + (drift.abs() > delta_clip).astype("float32").mean()
-    return x, f_first, f_last, clip_count
 
 
 def _flow_stats(x0, xt, f_first, f_last, clip_count, n_steps) -> Dict[str, float]:

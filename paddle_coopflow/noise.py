@@ -1,7 +1,7 @@
 """The random draws of one training iteration, for one process or one rank of a data-parallel run.
 
 A training iteration draws three kinds of noise per sample: the flow's latent code z (the proposal),
-the Langevin noise ε (when Langevin.noise is on) and the dequantization noise of the flow's
+the Langevin noise ε (when Langevin.noise_mode is on) and the dequantization noise of the flow's
 likelihood. With data parallelism every rank seeds the same stream, draws each of them for the
 whole global batch and keeps its own rows. Rank r then uses exactly the numbers a single process
 running the global batch would use for those rows, so W ranks × B images reproduce 1 process × W·B

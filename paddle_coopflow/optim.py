@@ -1,14 +1,15 @@
 """Optimizers, the warm-up schedule and gradient-norm clipping of the official scripts.
 
-- Flow: Adam(β 0.9/0.999, eps 1e-8) with two groups: weight-norm gains (names ending in `weight_g`)
-  get a *coupled* L2 term 5e-5 (added to the gradient, as torch Adam's weight_decay; Paddle's Adam
-  with a float/L2Decay weight_decay does the same — tested), everything else none.
+- Flow: Adam(β 0.9/0.999, eps 1e-8) with two groups: 'weight_norm_gains' (names ending in `weight_g`)
+  get a *coupled* L2 term `Optimizer.flow_gain_l2` (added to the gradient, as torch Adam's weight_decay;
+  Paddle's Adam with a float/L2Decay weight_decay does the same — tested), 'other_params' none. (The
+  official util.get_param_groups calls the two groups 'normalized' and 'unnormalized'.)
 - EBM: Adam(β 0.5/0.5), no decay.
-- LR: base · λ(gstep) with λ(g) = min(1, g / (warmup·B)); gstep counts *samples* and the scheduler is
-  stepped with it right after each optimizer step, so the ramp spans `warmup` iterations.
+- LR: base · λ(samples_seen) with λ(n) = min(1, n / (warmup·B)); the scheduler is stepped with the
+  number of training samples seen right after each optimizer step, so the ramp spans `warmup` iterations.
   Quirk kept by default (warmup_first_step_zero=True): λ(0) = 0 and the caller steps the scheduler
-  with the gstep *before* it adds this batch, so the first two optimizer steps use lr 0 (exactly as
-  the official code). With False the ramp is shifted by one batch: λ(g) = min(1, (g + B)/(warmup·B)).
+  with the count *before* it adds this batch, so the first two optimizer steps use lr 0 (exactly as
+  the official code). With False the ramp is shifted by one batch: λ(n) = min(1, (n + B)/(warmup·B)).
 - Norm helpers return the total L2 norm *before* clipping (what torch's clip_grad_norm_ returns and
   what the skip thresholds compare against).
 
@@ -23,16 +24,16 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import paddle
 import paddle.nn as nn
 
-__all__ = ["WarmupLambda", "OptimBundle", "build_warmup_scheduler", "build_flow_optimizer",
-           "build_ebm_optimizer", "build_optimizers", "build_adam", "grad_global_norm", "clip_grad_norm", "clip_grad_norm_groups"]
+__all__ = ["WarmupLambda", "OptimBundle", "build_warmup_scheduler", "build_flow_optimizer", "build_ebm_optimizer",
+           "build_optimizers", "build_adam", "grad_global_norm", "clip_grad_norm", "clip_grad_norm_groups"]
 
 
 class WarmupLambda:
-    """λ(gstep) = min(1, (gstep + shift) / (warmup_iters · batch_size)); a class so it pickles.
+    """λ(samples_seen) = min(1, (samples_seen + shift) / (warmup_iters · batch_size)); a class so it pickles.
 
     Args:
         warmup_iters: iterations of the linear ramp (official 200). 0 disables the warm-up.
-        batch_size: B; gstep counts samples.
+        batch_size: B (the ramp counts samples).
         first_step_zero: True → shift 0 (λ(0) = 0, official quirk); False → shift B.
     """
 
@@ -42,15 +43,15 @@ class WarmupLambda:
         self.total = float(warmup_iters * batch_size)
         self.shift = 0.0 if first_step_zero else float(batch_size)
 
-    def __call__(self, gstep: int) -> float:
+    def __call__(self, samples_seen: int) -> float:
         if self.total == 0:
             return 1.0
-        return min(1.0, (float(gstep) + self.shift) / self.total)
+        return min(1.0, (float(samples_seen) + self.shift) / self.total)
 
 
 def build_warmup_scheduler(base_lr: float, warmup_iters: int = 200, batch_size: int = 28,
                            first_step_zero: bool = True) -> paddle.optimizer.lr.LambdaDecay:
-    """LambdaDecay(base_lr, WarmupLambda); call `.step(gstep)` after each optimizer step."""
+    """LambdaDecay(base_lr, WarmupLambda); call `.step(samples_seen)` after each optimizer step."""
     return paddle.optimizer.lr.LambdaDecay(base_lr, WarmupLambda(warmup_iters, batch_size, first_step_zero))
 
 
@@ -62,7 +63,7 @@ class OptimBundle:
         optimizer: paddle Adam.
         scheduler: LR scheduler given to the optimizer (stepped by :meth:`step`).
         groups: parameter lists, one per group, in the optimizer's order.
-        group_names: e.g. ['normalized', 'unnormalized'].
+        group_names: e.g. ['weight_norm_gains', 'other_params'].
     """
     optimizer: paddle.optimizer.Optimizer
     scheduler: paddle.optimizer.lr.LRScheduler
@@ -77,10 +78,10 @@ class OptimBundle:
         """The learning rate the next optimizer step will use."""
         return float(self.optimizer.get_lr())
 
-    def step(self, gstep: int) -> None:
-        """Optimizer step, then scheduler step at `gstep` (samples seen before this batch)."""
+    def step(self, samples_seen: int) -> None:
+        """Optimizer step, then scheduler step at `samples_seen` (training samples before this batch)."""
         self.optimizer.step()
-        self.scheduler.step(gstep)
+        self.scheduler.step(samples_seen)
 
     def clear_grad(self) -> None:
         self.optimizer.clear_grad(set_to_zero=False)
@@ -105,15 +106,15 @@ def _trainable(layer: nn.Layer):
     return [(n, p) for n, p in layer.named_parameters() if not p.stop_gradient]
 
 
-def build_flow_optimizer(flow: nn.Layer, lr: float = 1e-4, weight_decay: float = 5e-5,
-                         decay_suffixes: Sequence[str] = ("weight_g",), betas=(0.9, 0.999), eps: float = 1e-8,
+def build_flow_optimizer(flow: nn.Layer, lr: float = 1e-4, gain_l2: float = 5e-5,
+                         gain_suffixes: Sequence[str] = ("weight_g",), betas=(0.9, 0.999), eps: float = 1e-8,
                          warmup_iters: int = 200, batch_size: int = 28,
                          warmup_first_step_zero: bool = True) -> OptimBundle:
-    """Flow Adam: group 'normalized' (names ending in a decay suffix, coupled L2) + 'unnormalized'."""
+    """Flow Adam: group 'weight_norm_gains' (names ending in a gain suffix, coupled L2 `gain_l2`) + 'other_params'."""
     named = _trainable(flow)
-    dec = [p for n, p in named if n.endswith(tuple(decay_suffixes))]
-    rest = [p for n, p in named if not n.endswith(tuple(decay_suffixes))]
-    return build_adam([("normalized", dec, weight_decay), ("unnormalized", rest, 0.0)], lr, betas, eps,
+    gains = [p for n, p in named if n.endswith(tuple(gain_suffixes))]
+    others = [p for n, p in named if not n.endswith(tuple(gain_suffixes))]
+    return build_adam([("weight_norm_gains", gains, gain_l2), ("other_params", others, 0.0)], lr, betas, eps,
                       warmup_iters, batch_size, warmup_first_step_zero)
 
 
@@ -135,15 +136,16 @@ def build_optimizers(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], bat
     Args:
         cfg: resolved config (Optimizer and Train sections are read).
         flow, ebm: the networks (either may be None).
-        batch_size: B of the warm-up ramp (gstep counts samples); default ``cfg.Train.batch_size``.
+        batch_size: B of the warm-up ramp (it counts samples); default ``cfg.Train.batch_size``.
     """
-    o = cfg.Optimizer
-    b = int(batch_size or cfg.Train.batch_size)
-    warm = dict(warmup_iters=o.warmup_iters, batch_size=b, warmup_first_step_zero=o.warmup_first_step_zero)
-    fo = None if flow is None else build_flow_optimizer(flow, o.flow_lr, o.flow_gain_l2,
-                                                         betas=(o.flow_beta1, o.flow_beta2), **warm)
-    eo = None if ebm is None else build_ebm_optimizer(ebm, o.ebm_lr, betas=(o.ebm_beta1, o.ebm_beta2), **warm)
-    return fo, eo
+    opt_cfg = cfg.Optimizer
+    ramp = dict(warmup_iters=opt_cfg.warmup_iters, batch_size=int(batch_size or cfg.Train.batch_size),
+                warmup_first_step_zero=opt_cfg.warmup_first_step_zero)
+    flow_optim = None if flow is None else build_flow_optimizer(
+        flow, opt_cfg.flow_lr, opt_cfg.flow_gain_l2, betas=(opt_cfg.flow_beta1, opt_cfg.flow_beta2), **ramp)
+    ebm_optim = None if ebm is None else build_ebm_optimizer(
+        ebm, opt_cfg.ebm_lr, betas=(opt_cfg.ebm_beta1, opt_cfg.ebm_beta2), **ramp)
+    return flow_optim, ebm_optim
 
 
 def _grads(params: Iterable[paddle.Tensor]) -> List[paddle.Tensor]:
@@ -156,8 +158,8 @@ def grad_global_norm(params: Iterable[paddle.Tensor]) -> float:
     grads = _grads(params)
     if not grads:
         return 0.0
-    # paddle.square, not ** 2: Paddle's pow kernel took 884 ms for the paper nets' 46M gradients, square 41 ms
-    # (the same float32 value: both are the correctly rounded g·g).
+    # paddle.square, not ** 2: Paddle's CPU pow kernel is far slower for the same float32 value (both are the
+    # correctly rounded g·g); docs/speed.md, "Where the flow's time goes".
     sq = paddle.add_n([paddle.square(g.astype("float32")).sum() for g in grads])
     return math.sqrt(float(sq.item()))
 

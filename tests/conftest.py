@@ -46,7 +46,7 @@ DIGITS_DEMO_SHORT = ["Train.max_iters=2", "Train.data_init_batches=1", "Train.da
 def digits_demo_run(tmp_path_factory):
     """The output directory of the shortened digits demo run (trained once per test session)."""
     from paddle_coopflow.config import load_config
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     out = tmp_path_factory.mktemp("digits_demo")
     Trainer(load_config(DIGITS_DEMO, DIGITS_DEMO_SHORT + [f"Global.output_dir={out}"])).train()

@@ -30,7 +30,7 @@ def _dygraph_flow(ebm, x, n, s, delta, clip, noise=None, std=0.0):
 
 def _fast_flow(fast, x, n, s, delta, clip, noise=None, std=0.0):
     for k in range(n):
-        x, _, _ = fast.step(x, s, delta, clip, None if noise is None else noise[k], std)
+        x, _, _ = fast(fast.ebm, x, s, delta, clip, None if noise is None else noise[k], std)
     return x
 
 
@@ -62,7 +62,7 @@ def test_autograd_variant_equals_dygraph_without_onednn(ebm, monkeypatch):
     check_equals_dygraph_with_weight_update(ebm, "autograd")
     assert not any(f.get("FLAGS_use_onednn") for f in seen), seen
     if onednn_cpu():
-        StaticLangevinStep(ebm, "manual", strict=True).step(_x(2, 1), *CLIPS)
+        StaticLangevinStep(ebm, "manual", strict=True)(ebm, _x(2, 1), *CLIPS)
         assert any(f.get("FLAGS_use_onednn") for f in seen)
 
 
@@ -123,8 +123,8 @@ def test_output_ops_survive_the_onednn_rewrite(ebm):
     if not onednn_cpu():
         pytest.skip("needs a CPU Paddle build with oneDNN")
     fast = StaticLangevinStep(ebm, "manual", strict=True)
-    fast.step(_x(3, 4), *CLIPS)                                 # builds, checks and runs the program
-    fast.step(_x(3, 4), 2.0, 0.02, None, None, 0.5)             # no image clip, noise input
+    fast(ebm, _x(3, 4), *CLIPS)                                 # builds, checks and runs the program
+    fast(ebm, _x(3, 4), 2.0, 0.02, None, None, 0.5)             # no image clip, noise input
     assert len(fast.cache.programs) == 2
     for variant, layer in fast.cache.programs.values():
         for outputs, rewritten in program_output_ops(layer):
@@ -179,7 +179,7 @@ def test_no_clips_given_noise_no_grad_and_dynamic_batch(ebm):
 def test_eval_mode_ebm_gets_its_own_program(ebm):
     fast = StaticLangevinStep(ebm, "manual", strict=True)
     x = _x(3, 2)
-    fast.step(x, *CLIPS)
+    fast(ebm, x, *CLIPS)
     ebm.eval()
     try:
         a = _fast_flow(fast, x, 5, *CLIPS)
@@ -193,7 +193,7 @@ def test_eval_mode_ebm_gets_its_own_program(ebm):
 def test_returns_f_and_drift_like_the_dygraph_step(ebm):
     fast = StaticLangevinStep(ebm, "manual", strict=True)
     x = _x(3, 4)
-    got = fast.step(x, *CLIPS)                    # first call: build, check, return the program's result
+    got = fast(ebm, x, *CLIPS)                    # first call: build, check, return the program's result
     ref = langevin_step(ebm, x, *CLIPS)
     np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[2].numpy(), ref[2].numpy(), rtol=1e-5, atol=1e-6)
@@ -209,7 +209,7 @@ def test_auto_is_deterministic_and_first_call_is_the_program(ebm):
     x = _x(2, 3)
     step = make_langevin_step(ebm, "auto")
     first = step(ebm, x, *CLIPS)
-    fast = step.static
+    fast = step
     assert list(fast.chosen().values()) == ["manual"] and fast.n_fallback_steps == 0 and fast.n_compiled == 1
     again = step(ebm, x, *CLIPS)
     third = make_langevin_step(ebm, "auto")(ebm, x, *CLIPS)   # a second object (another process, say)
@@ -228,29 +228,29 @@ def test_fallback_when_compile_fails(ebm, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="paddle_coopflow.accel.langevin"):
         out = x
         for _ in range(4):
-            out = fast.step(out, *CLIPS)[0]
+            out = fast(ebm, out, *CLIPS)[0]
     assert _maxdiff(out, _dygraph_flow(ebm, x, 4, *CLIPS)) == 0.0
     assert fast.n_fallback_steps == 4 and fast.n_compiled == 0
     lines = [r.getMessage() for r in caplog.records if "dygraph" in r.getMessage()]
     assert len(lines) == 1 and "ZeroDivisionError" in lines[0]   # one line for the one candidate tried
     with pytest.raises(RuntimeError, match="Langevin.engine"):   # forced static: an error naming the switch
-        StaticLangevinStep(ebm, strict=True).step(x, *CLIPS)
+        StaticLangevinStep(ebm, strict=True)(ebm, x, *CLIPS)
 
 
 def test_wrong_numbers_on_first_run_fall_back(ebm, monkeypatch):
     from paddle_coopflow.accel.program import ProgramCache
 
-    real_run = ProgramCache.run
+    real_call = ProgramCache.call
 
-    def bad_run(self, prog, inputs):
-        out = real_run(self, prog, inputs)
-        return (out[0] + 1e-3,) + out[1:]
+    def bad_call(self, key, inputs):
+        out = real_call(self, key, inputs)
+        return None if out is None else (out[0] + 1e-3,) + out[1:]
 
-    monkeypatch.setattr(ProgramCache, "run", bad_run)
+    monkeypatch.setattr(ProgramCache, "call", bad_call)
     fast = StaticLangevinStep(ebm, "manual")
     x = _x(3, 6)
     for _ in range(2):
-        out = fast.step(x, *CLIPS)[0]
+        out = fast(ebm, x, *CLIPS)[0]
         assert _maxdiff(out, langevin_step(ebm, x, *CLIPS)[0]) == 0.0
     assert fast.n_compiled == 0 and fast.n_fallback_steps == 2
 
@@ -262,7 +262,7 @@ def test_engines_and_dispatch_rules(ebm):
         StaticLangevinStep(ebm, "fast")
     assert make_langevin_step(ebm, "dygraph") is langevin_step
     static = make_langevin_step(ebm, "static")
-    assert isinstance(static.static, StaticLangevinStep) and static.static.cache.strict
+    assert isinstance(static, StaticLangevinStep) and static.cache.strict
     auto = make_langevin_step(ebm, "auto")
     assert (auto is langevin_step) == (not onednn_cpu())
     assert onednn_cpu() == (paddle.get_device().startswith("cpu") and paddle.base.core.is_compiled_with_mkldnn())
@@ -272,7 +272,7 @@ def test_engines_and_dispatch_rules(ebm):
     x.stop_gradient = False
     y, _, _ = static(ebm, x, 0.5, None, None, create_graph=True)
     (gx,) = paddle.grad([y.sum()], [x])
-    assert gx is not None and not y.stop_gradient and static.static.n_compiled == 0
+    assert gx is not None and not y.stop_gradient and static.n_compiled == 0
 
 
 def test_engine_choice_is_logged_once_per_call(ebm, caplog):
@@ -305,7 +305,7 @@ def test_inside_a_to_static_trace_the_dygraph_step_is_traced(ebm):
                                   full_graph=True)
     ref = _dygraph_flow(ebm, _x(3, 11), 3, *CLIPS)
     out = static(_x(3, 11))   # a fresh input: the traced dygraph step is not ours to guard
-    assert seen == [False] and step.static.n_compiled == 0
+    assert seen == [False] and step.n_compiled == 0
     assert _maxdiff(out, ref) <= TOL
 
 
@@ -317,8 +317,8 @@ def test_langevin_flow_with_the_static_step(ebm):
     b, sb = langevin_flow(ebm, x, T, *CLIPS, return_stats=True)
     assert _maxdiff(a, b) <= TOL
     assert abs(st["delta_clip_frac"] - sb["delta_clip_frac"]) < 1e-3 and st["delta_clip_frac"] > 0
-    assert step.static.n_compiled == 1 and step.static.n_fallback_steps == 0
-    assert step.static._adjoint is None          # the chain scope was closed
+    assert step.n_compiled == 1 and step.n_fallback_steps == 0
+    assert step._adjoint is None          # the chain scope was closed
 
 
 def test_programs_can_be_dropped_and_rebuilt_in_one_process():
@@ -333,7 +333,7 @@ def test_programs_can_be_dropped_and_rebuilt_in_one_process():
             fast = StaticLangevinStep(net, "manual", strict=True)
             x = _x(2 + i, i)
             for s in (1.0, 2.0):
-                got = fast.step(x, s, 0.05, (-1.0, 1.0))[0]
+                got = fast(net, x, s, 0.05, (-1.0, 1.0))[0]
                 assert _maxdiff(got, langevin_step(net, x, s, 0.05, (-1.0, 1.0))[0]) <= TOL
             assert fast.n_compiled == 2 and fast.n_fallback_steps == 0
             del fast, net, got

@@ -53,8 +53,8 @@ def test_without_the_official_code_one_line_exit_2(tmp_path):
 
 
 def test_config_the_official_loop_cannot_run_is_refused(tmp_path):
-    out = _run("--check", overrides=["Langevin.noise=constant"], official=str(tmp_path))
-    assert out.returncode == 2 and "Langevin.noise=none" in out.stderr, out.stderr
+    out = _run("--check", overrides=["Langevin.noise_mode=constant"], official=str(tmp_path))
+    assert out.returncode == 2 and "Langevin.noise_mode=none" in out.stderr, out.stderr
 
 
 @needs_official

@@ -58,24 +58,13 @@ def test_out_of_range_and_choices():
         load_config(None, ["Langevin.image_clip=[1, -1]"])
 
 
-def test_engine_switches_and_renamed_keys():
+def test_engine_switches():
     cfg = load_config(None, ["Langevin.engine=dygraph", "Flow.coupling_engine=static"])
     assert cfg.Langevin.engine == "dygraph" and cfg.Flow.coupling_engine == "static"
     with pytest.raises(ConfigError, match="expected str"):
         load_config(None, ["Flow.inverse_method=off"])   # YAML reads off as a boolean
-    # An old key is a one-line error naming the new key and value; a stored (checkpoint) config migrates.
-    for old, new in (("Langevin.fast=off", "Langevin.engine='dygraph'"), ("Flow.fast_nn=on", "Flow.coupling_engine='static'"),
-                     ("Train.order=main_cifar", "Train.flow_waits_for_ebm=False"),
-                     ("Optimizer.skip_check_first_epoch=false", "Optimizer.ebm_skip_in_first_epoch=False"),
-                     ("Flow.inverse_method=fast", "Flow.inverse_method='newton'")):
-        with pytest.raises(ConfigError, match=re.escape(new)):
-            load_config(None, [old])
-    old = load_config(None).to_dict()
-    old["Langevin"]["fast"] = old["Langevin"].pop("engine") and "off"
-    old["Train"]["order"] = old["Train"].pop("flow_waits_for_ebm") and "main_cifar"
-    old["Flow"]["inverse_method"] = "fast"
-    cfg = config_from_dict(old)
-    assert (cfg.Langevin.engine, cfg.Train.flow_waits_for_ebm, cfg.Flow.inverse_method) == ("dygraph", False, "newton")
+    with pytest.raises(ConfigError, match="unknown key 'Langevin.fast'"):
+        load_config(None, ["Langevin.fast=off"])
 
 
 def test_roundtrip_dict():

@@ -265,7 +265,7 @@ def test_flow_only_as_init_flow_for_warmup(tmp_path, tiny_yaml, rgb_image_folder
     _convert_tool(TINY / "flow_only.pth.tar", prefix, tiny_yaml, "--flow-only")
     run = tmp_path / "run"
     r = _tool("train.py", "-c", tiny_yaml, "-o", f"Train.init_flow={prefix}", "-o", "Train.pretrain_epochs=0",
-              "-o", "Train.warmup_epochs=1", "-o", "Train.coop_epochs=1", "-o", "Train.max_iters=2",
+              "-o", "Train.frozen_flow_epochs=1", "-o", "Train.coop_epochs=1", "-o", "Train.max_iters=2",
               "-o", "Train.batch_size=4", "-o", "Data.name=folder", "-o", f"Data.root={rgb_image_folder}",
               "-o", f"Global.output_dir={run}")
     assert r.returncode == 0, r.stderr

@@ -6,6 +6,7 @@ import paddle
 import paddle.nn as nn
 import pytest
 
+from paddle_coopflow.config import Config
 from paddle_coopflow.coopflow import CoopFlow, CoopFlowOptions
 from paddle_coopflow.models.ebm import EBMRes, swish
 from paddle_coopflow.optim import (WarmupLambda, build_ebm_optimizer, build_flow_optimizer,
@@ -48,12 +49,23 @@ def _changed(before, net):
     return any(not np.array_equal(b, p.numpy()) for b, p in zip(before, net.parameters()))
 
 
+def _opts(**keys):
+    """Options from the config defaults with `keys` (config key names) changed: the learner's only source."""
+    cfg = Config()
+    for section in ("Train", "Langevin", "Optimizer"):
+        for k in list(keys):
+            if hasattr(getattr(cfg, section), k):
+                setattr(getattr(cfg, section), k, keys.pop(k))
+    assert not keys, f"not config keys: {sorted(keys)}"
+    return CoopFlowOptions.from_config(cfg)
+
+
 def _make(opts=None, warmup=0, B=4, lr=1e-3, seed=0):
     paddle.seed(seed)
     flow, ebm = AffineFlow(), EBMRes(3, 4, 32)
     fo = build_flow_optimizer(flow, lr=lr, warmup_iters=warmup, batch_size=B)
     eo = build_ebm_optimizer(ebm, lr=lr, warmup_iters=warmup, batch_size=B)
-    o = opts or CoopFlowOptions(n_steps=3, step_size=0.5)
+    o = opts or _opts(n_steps=3, step_size=0.5)
     return CoopFlow(flow, ebm, fo, eo, o), flow, ebm
 
 
@@ -73,7 +85,7 @@ def test_one_iteration_changes_both_nets_and_reports_stats():
         assert math.isfinite(st[k]), k
     assert st["ebm_loss"] == pytest.approx(st["f_revised"] - st["f_data"], rel=1e-5, abs=1e-6)
     assert st["flow_bpd"] == pytest.approx(st["flow_nll"] / (3072 * math.log(2)))
-    assert st["gstep"] == 4
+    assert st["samples_seen"] == 4
     assert all(p.grad is None for p in list(flow.parameters()) + list(ebm.parameters()))
 
 
@@ -82,7 +94,7 @@ def test_updates_have_the_right_sign():
     cf, flow, ebm = _make(lr=1e-3)
     x = _data()
     paddle.seed(11)
-    x_rev = cf.revise(cf.propose(4))
+    x_rev, _ = cf.revise(cf.propose(4))
     with paddle.no_grad():
         gap0 = float((ebm(x).mean() - ebm(x_rev).mean()).item())
         nll0 = float(flow.nll(x_rev).mean().item())
@@ -105,7 +117,7 @@ def test_frozen_flow_does_not_change_but_nll_is_logged():
 
 
 def test_n_update_flow_gates_by_iteration():
-    cf, flow, _ = _make(CoopFlowOptions(n_steps=2, step_size=0.5, n_update_flow=2))
+    cf, flow, _ = _make(_opts(n_steps=2, step_size=0.5, n_update_flow=2))
     fb = _params(flow)
     assert not cf.train_step(_data(), 0, it=1)["flow_stepped"]
     assert not _changed(fb, flow)
@@ -114,23 +126,23 @@ def test_n_update_flow_gates_by_iteration():
 
 @pytest.mark.parametrize("waits,flow_moves", [(True, False), (False, True)])
 def test_skipped_ebm_step(waits, flow_moves):
-    cf, flow, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12, flow_waits_for_ebm=waits))
+    cf, flow, ebm = _make(_opts(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12, flow_waits_for_ebm=waits))
     fb, eb = _params(flow), _params(ebm)
     st = cf.train_step(_data(), epoch=1, it=0)
     assert st["ebm_skipped"] and not _changed(eb, ebm)
     assert _changed(fb, flow) == flow_moves
-    assert cf.gstep == 4  # samples are counted even on skipped steps (official)
+    assert cf.samples_seen == 4  # samples are counted even on skipped steps (official)
 
 
 def test_first_epoch_never_skips_ebm_when_asked():
-    cf, _, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12,
+    cf, _, ebm = _make(_opts(n_steps=2, step_size=0.5, ebm_skip_norm=1e-12,
                                        ebm_skip_in_first_epoch=False))
     eb = _params(ebm)
     assert cf.train_step(_data(), epoch=0, it=0)["ebm_stepped"] and _changed(eb, ebm)
 
 
 def test_flow_skip_threshold():
-    cf, flow, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, flow_skip_norm=1e-12))
+    cf, flow, ebm = _make(_opts(n_steps=2, step_size=0.5, flow_skip_norm=1e-12))
     fb, eb = _params(flow), _params(ebm)
     st = cf.train_step(_data(), 0, 0)
     assert st["flow_skipped"] and not _changed(fb, flow) and _changed(eb, ebm)
@@ -150,7 +162,7 @@ def test_nonfinite_data_skips_both_steps():
 @pytest.mark.parametrize("waits", [True, False])
 def test_nonfinite_flow_nll_blocks_only_the_flow(waits):
     """Each net is vetoed by its own values: a NaN flow NLL skips the flow step, never the EBM step."""
-    cf, flow, ebm = _make(CoopFlowOptions(n_steps=3, step_size=0.5, flow_waits_for_ebm=waits))
+    cf, flow, ebm = _make(_opts(n_steps=3, step_size=0.5, flow_waits_for_ebm=waits))
     fb, eb = _params(flow), _params(ebm)
     flow.poison = True
     st = cf.train_step(_data(), 0, 0)
@@ -195,7 +207,7 @@ def test_energy_l2_guard_loss_and_gradient_against_numpy():
 
 def test_energy_l2_guard_in_train_step_pulls_energies_to_zero():
     """With the guard on, the logged penalty is α·(f_data² + f_revised²) of a constant-shifted EBM, and steps shrink it."""
-    cf, _, ebm = _make(CoopFlowOptions(n_steps=2, step_size=0.5, ebm_energy_l2=1.0))
+    cf, _, ebm = _make(_opts(n_steps=2, step_size=0.5, ebm_energy_l2=1.0))
     bias = dict(ebm.named_parameters())["f.5.bias"]  # f sums the last conv's 100 channels: f shifts by +5
     bias.set_value(bias + 0.05)
     x = _data()
@@ -226,8 +238,8 @@ def test_warmup_lr_sequence_and_first_steps_at_zero():
 def test_flow_optimizer_groups_and_coupled_l2_against_hand_adam():
     paddle.seed(0)
     flow = AffineFlow((2, 1, 2))
-    fo = build_flow_optimizer(flow, lr=0.1, weight_decay=0.5, warmup_iters=0)
-    assert fo.group_names == ["normalized", "unnormalized"]
+    fo = build_flow_optimizer(flow, lr=0.1, gain_l2=0.5, warmup_iters=0)
+    assert fo.group_names == ["weight_norm_gains", "other_params"]
     assert [p.name for p in fo.groups[0]] == [flow.weight_g.name]
     c = np.array([1.0, -2.0, 0.5, 3.0]).reshape(2, 1, 2)
     p_g, p_b = flow.weight_g.numpy().astype(np.float64), flow.bias.numpy().astype(np.float64)
@@ -283,9 +295,9 @@ def test_clip_helpers_against_numpy():
 
 
 def test_per_group_mode_reports_group_norms():
-    cf, _, _ = _make(CoopFlowOptions(n_steps=2, step_size=0.5, flow_clip_mode="per_group", flow_waits_for_ebm=False))
+    cf, _, _ = _make(_opts(n_steps=2, step_size=0.5, flow_clip_mode="per_group", flow_waits_for_ebm=False))
     st = cf.train_step(_data(), 0, 0)
-    n, u = st["flow_grad_norm/normalized"], st["flow_grad_norm/unnormalized"]
+    n, u = st["flow_grad_norm/weight_norm_gains"], st["flow_grad_norm/other_params"]
     assert st["flow_grad_norm"] == pytest.approx(math.hypot(n, u), rel=1e-6)
 
 
@@ -293,7 +305,7 @@ def test_baselines():
     paddle.seed(0)
     ebm = EBMRes(3, 4, 32)
     cf = CoopFlow(None, ebm, None, build_ebm_optimizer(ebm, warmup_iters=0),
-                  CoopFlowOptions(mode="langevin_only", n_steps=2, step_size=0.5))
+                  _opts(mode="langevin_only", n_steps=2, step_size=0.5))
     eb = _params(ebm)
     st = cf.train_step(_data(), 0, 0)
     assert _changed(eb, ebm) and math.isnan(st["flow_nll"]) and st["ebm_stepped"]
@@ -301,7 +313,7 @@ def test_baselines():
     assert x_prop.shape == [3, 3, 32, 32] and float(x_prop.abs().max().item()) <= 1.0
 
     flow = AffineFlow()
-    cf = CoopFlow(flow, None, build_flow_optimizer(flow, warmup_iters=0), None, CoopFlowOptions(mode="flow_only"))
+    cf = CoopFlow(flow, None, build_flow_optimizer(flow, warmup_iters=0), None, _opts(mode="flow_only"))
     fb = _params(flow)
     st = cf.train_step(_data(), 0, 0)
     assert _changed(fb, flow) and st["flow_stepped"] and math.isfinite(st["flow_bpd"])
@@ -320,15 +332,16 @@ def test_sample_uses_eval_mode_and_restores_it():
     np.testing.assert_allclose(a.numpy(), (np.exp(-1.0) * z.numpy() + 0.1), rtol=1e-5, atol=1e-6)
 
 
-def test_options_validation():
-    with pytest.raises(ValueError, match="mode"):
-        CoopFlowOptions(mode="flow_first").validate()
-    with pytest.raises(ValueError, match="unknown CoopFlowOptions key"):
-        CoopFlowOptions.from_dict({"step_szie": 0.1})
-    assert CoopFlowOptions.from_dict({"image_clip": [-1, 1]}).image_clip == (-1.0, 1.0)
+def test_options_are_the_config_keys():
+    """Every option is read from the config key of the same name; the learner refuses a mode it lacks nets for."""
+    cfg = Config()
+    cfg.Langevin.image_clip, cfg.Langevin.noise_decay_K, cfg.Train.mode = [-2, 3], 7.0, "langevin_only"
+    opts = CoopFlowOptions.from_config(cfg)
+    assert opts.image_clip == (-2.0, 3.0) and opts.noise_decay_K == 7.0 and opts.mode == "langevin_only"
+    assert CoopFlowOptions.from_config(cfg, "flow_only").mode == "flow_only"
     with pytest.raises(ValueError, match="needs an EBM"):
         f = AffineFlow()
-        CoopFlow(f, None, build_flow_optimizer(f), None)
+        CoopFlow(f, None, build_flow_optimizer(f), None, _opts())
 
 
 class TinyConvEBM(nn.Layer):
@@ -348,7 +361,7 @@ def test_one_iteration_with_tiny_flowpp():
     flow = FlowPlusPlus(in_shape=(3, 8, 8), mid_channels=8, num_blocks=1, num_components=2, num_dequant_blocks=1)
     ebm = TinyConvEBM()
     cf = CoopFlow(flow, ebm, build_flow_optimizer(flow, warmup_iters=0), build_ebm_optimizer(ebm, warmup_iters=0),
-                  CoopFlowOptions(n_steps=2, step_size=0.5))
+                  _opts(n_steps=2, step_size=0.5))
     x = paddle.rand([2, 3, 8, 8]) * 2 - 1
     assert not flow.is_initialized
     flow.data_init(x)  # ActNorm data-dependent init

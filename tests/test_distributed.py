@@ -16,7 +16,7 @@ from tiny_run import checkpoint_tensors, run_tiny, states, tiny_cfg
 # No dropout (its masks are drawn per rank, noise.py) and no LR warm-up (whose first steps have lr 0):
 # every iteration moves every tensor. Langevin noise on, so its global draw is sliced too.
 SAME = ["Train.max_iters=3", "Global.sample_interval=0", "Flow.drop_prob=0.0", "Optimizer.warmup_iters=0",
-        "Langevin.noise=constant", "Langevin.noise_std=0.5"]
+        "Langevin.noise_mode=constant", "Langevin.noise_std=0.5"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU launch tested on Linux")

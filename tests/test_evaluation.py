@@ -34,7 +34,7 @@ TINY = ["Data.name=digits", "Data.root=", "Data.image_size=16", "Data.channels=1
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(config path, checkpoint prefix, cfg) of a 2-iteration CoopFlow run."""
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, TINY + [f"Global.output_dir={out}"])
@@ -338,7 +338,7 @@ def test_check_fid_setup_fails_fast(tmp_path):
 
 
 def test_trainer_evaluate_fid_logs_and_selects_best(run, monkeypatch):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     monkeypatch.setattr(ev.InTrainingFID, "_build_evaluator", lambda self: PixelEvaluator())
     trainer = Trainer(run[2], resume=run[1])

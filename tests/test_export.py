@@ -8,7 +8,8 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_coopflow.config import load_config, run_cli
+from paddle_coopflow.cli import run_cli
+from paddle_coopflow.config import load_config
 from paddle_coopflow.errors import UserError
 
 from conftest import ROOT
@@ -136,11 +137,11 @@ def test_flow_generator_bisection_inverse(tmp_path):
 
 
 def test_sampler_with_noise_input(tmp_path):
-    """Langevin.noise on → the sampler takes ε [T, N, C, H, W] and adds s·ε per step, as dygraph does."""
+    """Langevin.noise_mode on → the sampler takes ε [T, N, C, H, W] and adds s·ε per step, as dygraph does."""
     from paddle_coopflow.export import export_all
     from paddle_coopflow.langevin import langevin_flow
 
-    cfg = load_config(None, TINY + ["Langevin.noise=constant", "Langevin.noise_std=0.5"])
+    cfg = load_config(None, TINY + ["Langevin.noise_mode=constant", "Langevin.noise_std=0.5"])
     flow, ebm = _nets(cfg, seed=1)
     paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("coopflow_sampler",))
     info = infer.read_infer_cfg(str(tmp_path))
@@ -183,7 +184,7 @@ def test_infer_cfg_contents_and_fallback_reader(exported):
     assert doc["inference"] == {"disable_mkldnn": True, "onednn_programs": ["langevin_step"]}
 
 
-# ------------------------------------------------------------------------ stepwise engine (oneDNN)
+# ------------------------------------------------------------------------ stepwise sampler (oneDNN)
 def _dygraph_sample(cfg, flow, ebm, z, eps=None):
     """The dygraph CoopFlow sample: langevin_flow (dygraph step) from the flow proposal flow⁻¹(z)."""
     from paddle_coopflow.langevin import langevin_flow
@@ -200,7 +201,7 @@ def test_stepwise_onednn_matches_dygraph(exported, batch):
     cfg, flow, ebm, out, paths = exported
     info = infer.read_infer_cfg(out)
     sampler = infer.Sampler(out, info, "auto", "cpu", threads=1)
-    assert sampler.engine == "stepwise" and sampler.onednn  # auto picks it on CPU, with oneDNN
+    assert sampler.kind == "stepwise" and sampler.onednn  # auto picks it on CPU, with oneDNN
     z = np.random.RandomState(10 + batch).standard_normal((batch, *SHAPE)).astype(np.float32)
     got = sampler(z)
     want = _dygraph_sample(cfg, flow, ebm, z)
@@ -208,10 +209,10 @@ def test_stepwise_onednn_matches_dygraph(exported, batch):
     assert err <= 1e-4, f"stepwise batch {batch}: max abs diff {err:.3g}"
     assert np.abs(got - flow.inverse(paddle.to_tensor(z)).numpy()).max() > 1e-3  # the steps really moved x
     fused = infer.Sampler(out, info, "fused", "cpu", threads=1)
-    assert fused.engine == "fused" and not fused.onednn
+    assert fused.kind == "fused" and not fused.onednn
     assert np.abs(fused(z) - got).max() <= 1e-4
     off = infer.Sampler(out, info, "stepwise", "cpu", threads=1, onednn="off")
-    assert off.engine == "stepwise" and not off.onednn
+    assert off.kind == "stepwise" and not off.onednn
     assert np.abs(off(z) - want).max() <= 1e-4
 
 
@@ -219,14 +220,14 @@ def test_stepwise_with_noise_input(tmp_path):
     """With Langevin noise the step takes shift = s·ε; stepwise + oneDNN = dygraph with the same ε."""
     from paddle_coopflow.export import export_all
 
-    cfg = load_config(None, TINY + ["Langevin.noise=constant", "Langevin.noise_std=0.5"])
+    cfg = load_config(None, TINY + ["Langevin.noise_mode=constant", "Langevin.noise_std=0.5"])
     flow, ebm = _nets(cfg, seed=4)
     paths = export_all(cfg, flow, ebm, str(tmp_path), programs=("flow_generator", "langevin_step"))
     assert set(paths) == {"flow_generator", "langevin_step", "infer_cfg"}
     info = infer.read_infer_cfg(str(tmp_path))
     assert info["programs"]["langevin_step"]["inputs"] == {"x": [-1, *SHAPE], "shift": [-1, *SHAPE]}
     sampler = infer.Sampler(str(tmp_path), info, "auto", "cpu", threads=1)
-    assert sampler.engine == "stepwise" and sampler.onednn and sampler.noise_input
+    assert sampler.kind == "stepwise" and sampler.onednn and sampler.noise_input
     with pytest.raises(infer.DeployError, match="noise input"):
         sampler(np.zeros((1, *SHAPE), np.float32))
     for batch in (1, 7):
@@ -237,7 +238,7 @@ def test_stepwise_with_noise_input(tmp_path):
         err = float(np.abs(got - _dygraph_sample(cfg, flow, ebm, z, eps)).max())
         assert err <= 1e-4, f"noisy stepwise batch {batch}: max abs diff {err:.3g}"
         assert np.abs(got - _dygraph_sample(cfg, flow, ebm, z)).max() > 1e-2  # the noise input is used
-    with pytest.raises(infer.DeployError, match="coopflow_sampler.*use --engine stepwise"):
+    with pytest.raises(infer.DeployError, match="coopflow_sampler.*use --sampler stepwise"):
         infer.Sampler(str(tmp_path), info, "fused", "cpu", threads=1)
 
 
@@ -258,40 +259,35 @@ def test_plain_ebm_has_no_step_and_falls_back_to_fused(tmp_path):
     assert set(paths) == {"coopflow_sampler", "infer_cfg"}
     info = infer.read_infer_cfg(str(tmp_path))
     assert "langevin_step" not in info["programs"] and info["inference"]["onednn_programs"] == []
-    assert infer.choose_engine(info, "auto", "cpu") == "fused"
-    with pytest.raises(infer.DeployError, match="langevin_step.*use --engine fused"):
-        infer.choose_engine(info, "stepwise", "cpu")
+    assert infer.choose_sampler(info, "auto", "cpu") == "fused"
+    with pytest.raises(infer.DeployError, match="langevin_step.*use --sampler fused"):
+        infer.choose_sampler(info, "stepwise", "cpu")
     used = {}
     got, z, _ = infer.generate(str(tmp_path), 3, 3, seed=1, threads=1, info_out=used)
-    assert used == {"engine": "fused", "onednn": False}
+    assert used == {"sampler": "fused", "onednn": False}
     assert np.abs(got - _dygraph_sample(cfg, flow, ebm, z)).max() <= 1e-4
 
 
-def test_engine_choice_rules():
+def test_sampler_choice_rules():
     progs = {"programs": {"flow_generator": {}, "coopflow_sampler": {}, "langevin_step": {"onednn": True}}}
-    assert infer.choose_engine(progs, "auto", "cpu") == "stepwise"
-    assert infer.choose_engine(progs, "auto", "gpu") == "fused"
+    assert infer.choose_sampler(progs, "auto", "cpu") == "stepwise"
+    assert infer.choose_sampler(progs, "auto", "gpu") == "fused"
     assert infer.step_uses_onednn(progs, "auto", "cpu") and not infer.step_uses_onednn(progs, "auto", "gpu")
     assert not infer.step_uses_onednn(progs, "off", "cpu")
     unmarked = {"programs": {"langevin_step": {"onednn": False}}}
     assert not infer.step_uses_onednn(unmarked, "auto", "cpu") and infer.step_uses_onednn(unmarked, "on", "cpu")
-    with pytest.raises(infer.DeployError, match="--engine 'x' is invalid"):
-        infer.choose_engine(progs, "x")
+    with pytest.raises(infer.DeployError, match="--sampler 'x' is invalid"):
+        infer.choose_sampler(progs, "x")
 
 
 def test_find_model_file_accepts_json_and_pdmodel(tmp_path):
-    from paddle_coopflow.export import find_model_file
-
     for suffix in (".pdmodel", ".json"):
         (tmp_path / f"m{suffix}").write_text("x")
     (tmp_path / "m.pdiparams").write_text("x")
-    assert find_model_file(str(tmp_path), "m")[0].endswith("m.json")  # PIR preferred
+    assert infer.find_model_file(str(tmp_path), "m")[0].endswith("m.json")  # PIR preferred
     os.remove(tmp_path / "m.json")
-    assert find_model_file(str(tmp_path), "m") == (str(tmp_path / "m.pdmodel"), str(tmp_path / "m.pdiparams"))
-    assert infer.find_model_file(str(tmp_path), "m")[0].endswith("m.pdmodel")
-    with pytest.raises(FileNotFoundError, match=r"no exported program 'gen'.*gen\.json or .*gen\.pdmodel"):
-        find_model_file(str(tmp_path), "gen")
-    with pytest.raises(infer.DeployError, match="no exported program 'gen'"):
+    assert infer.find_model_file(str(tmp_path), "m") == (str(tmp_path / "m.pdmodel"), str(tmp_path / "m.pdiparams"))
+    with pytest.raises(infer.DeployError, match=r"no exported program 'gen'.*gen\.json or gen\.pdmodel"):
         infer.find_model_file(str(tmp_path), "gen")
 
 
@@ -304,7 +300,7 @@ CHAIN = TINY + ["Train.batch_size=64", "Train.max_iters=2", "Train.data_init_bat
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     run = tmp_path_factory.mktemp("run")
     overrides = CHAIN + [f"Global.output_dir={run}", "Global.overwrite=true"]
@@ -338,9 +334,9 @@ def test_train_export_infer_chain(trained, tmp_path):
     np.testing.assert_array_equal(z2, data["z"])
     assert np.abs(s2 - data["samples"]).max() <= 1e-5
     used = {}
-    s3, z3, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2, engine="fused", info_out=used)
+    s3, z3, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2, sampler="fused", info_out=used)
     np.testing.assert_array_equal(z3, z2)
-    assert used["engine"] == "fused" and np.abs(s3 - s2).max() <= 1e-4
+    assert used["sampler"] == "fused" and np.abs(s3 - s2).max() <= 1e-4
     prop, _, _ = infer.generate(str(model_dir), 5, 5, seed=7, threads=2, flow_only=True)
     assert prop.shape == (5, *SHAPE) and np.abs(prop - s2).max() > 0
 

@@ -1,4 +1,4 @@
-"""The finite blow-up check (engine/health.py): the rule on synthetic stats, its replay, a run that blows up."""
+"""The finite blow-up check (training/health.py): the rule on synthetic stats, its replay, a run that blows up."""
 import glob
 import json
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from paddle_coopflow.config import load_config
-from paddle_coopflow.engine.health import HealthCheck, read_stats, replay
+from paddle_coopflow.training.health import HealthCheck, read_stats, replay
 from paddle_coopflow.errors import UserError
 
 from conftest import ROOT

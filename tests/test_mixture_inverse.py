@@ -135,8 +135,8 @@ def test_bad_input_errors():
     for method in ("newton", "bisection"):
         with pytest.raises(ValueError, match="0 < y < 1"):
             mixture_inv_cdf(paddle.ones_like(y), logits, means, log_scales, method=method)
-    with pytest.raises(ValueError, match="inverse_method.*'newton'"):   # the old name points to the new one
-        mixture_inv_cdf(y, logits, means, log_scales, method="fast")
+    with pytest.raises(ValueError, match="inverse_method 'secant'; choose one of .*'newton'"):
+        mixture_inv_cdf(y, logits, means, log_scales, method="secant")
 
 
 def test_bisection_is_the_spec_algorithm_bit_for_bit():
@@ -152,7 +152,8 @@ def test_bisection_is_the_spec_algorithm_bit_for_bit():
         step, x = float((x_next - x).abs().max()), x_next
         if step <= 1e-10:
             break
-    np.testing.assert_array_equal(mixture_inv_cdf(y, logits, means, log_scales).numpy(), x.numpy())
+    np.testing.assert_array_equal(mixture_inv_cdf(y, logits, means, log_scales, method="bisection").numpy(),
+                                  x.numpy())
 
 
 # ------------------------------------------------------------------------------------------- flows

@@ -24,7 +24,7 @@ def _opt_keys(prefix, name):
 
 def _trainer_with_fake_weights(cfg):
     """A Trainer whose in-training FID accepts the placeholder weights file (the FID itself is faked)."""
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
     from paddle_coopflow.metrics import inception
 
     mp = pytest.MonkeyPatch()
@@ -39,13 +39,13 @@ def _trainer_with_fake_weights(cfg):
 def pre_run(tmp_path_factory):
     """Pre-training (epoch 1, iters 1-4) → warm-up, flow frozen (epoch 2, 5-9) → cooperative (epoch 3, 10-14),
     noise decay with K = 2 epochs, fake FID every epoch."""
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     tmp = tmp_path_factory.mktemp("pre")
     (tmp / "inception.pth").write_bytes(b"weights")
-    cfg = tiny_cfg(tmp / "run", "Train.pretrain_epochs=1", "Train.warmup_epochs=1", "Train.coop_epochs=1",
+    cfg = tiny_cfg(tmp / "run", "Train.pretrain_epochs=1", "Train.frozen_flow_epochs=1", "Train.coop_epochs=1",
                    "Global.save_every_epochs=1", "Global.keep_checkpoints=10", "Global.sample_interval=0",
-                   "Langevin.noise=decay", "Langevin.noise_decay_K=2", "Eval.fid_every_epochs=1",
+                   "Langevin.noise_mode=decay", "Langevin.noise_decay_K=2", "Eval.fid_every_epochs=1",
                    f"Eval.inception_weights={tmp / 'inception.pth'}")
     tr = _trainer_with_fake_weights(cfg)
     ebm0 = {k: v.numpy().copy() for k, v in tr.ebm.state_dict().items()}
@@ -76,7 +76,7 @@ def _train_with_fake_fid(tr, where, value):
 def test_pretrain_then_frozen_warmup_then_coop(pre_run):
     run, ebm0, _ = pre_run
     ck = {e: run / "ckpt" / f"iter_{i:07d}" for e, i in ((1, 4), (2, 9), (3, 14))}
-    assert [states(p)["phase"] for p in ck.values()] == ["warmup", "coop", "coop"]
+    assert [states(p)["phase"] for p in ck.values()] == ["frozen_flow", "coop", "coop"]
     assert _same(_params(ck[1], "ebm"), ebm0)                           # pre-training: EBM untouched
     assert _same(_params(ck[2], "flow"), _params(ck[1], "flow"))        # warm-up: flow frozen
     assert not _same(_params(ck[2], "ebm"), _params(ck[1], "ebm"))      # ... EBM trained
@@ -90,10 +90,10 @@ def test_fresh_optimizers_and_warmup_after_pretraining(pre_run):
     assert _opt_keys(ck[1], "pre_flow")                                  # pre-training's own Adam moments
     assert _opt_keys(ck[2], "pre_flow") is None and _opt_keys(ck[2], "flow") == []  # new flow Adam, unused
     assert _opt_keys(ck[3], "flow")                                      # ... stepped in the coop phase
-    assert states(ck[2])["gstep"] == 4 * 64 + 41                         # the coop learner counts from 0
+    assert states(ck[2])["samples_seen"] == 4 * 64 + 41                         # the coop learner counts from 0
     lr = {r["step"]: (r.get("lr/flow"), r.get("lr/ebm")) for r in stats_records(run)}
     assert lr[1][0] == 0 and lr[3][0] == pytest.approx(5e-4) and lr[4][0] == pytest.approx(1e-3)
-    assert lr[5][1] == 0 and lr[6][1] == 0 and lr[7][1] == pytest.approx(5e-4)  # EBM warm-up from gstep 0
+    assert lr[5][1] == 0 and lr[6][1] == 0 and lr[7][1] == pytest.approx(5e-4)  # EBM warm-up from sample 0
 
 
 def test_noise_std_by_epoch_is_eq_10(pre_run):
@@ -115,7 +115,7 @@ def test_fid_after_the_epoch_save_never_in_pretraining_and_best(pre_run):
 
 def test_fid_every_iters_after_the_save_and_never_in_pretraining(tmp_path):
     """Eval.fid_every_iters (runs shorter than an epoch): at iterations 6 and 8, not 2 and 4 (pre-training)."""
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     (tmp_path / "inception.pth").write_bytes(b"weights")
     tr = _trainer_with_fake_weights(tiny_cfg(
@@ -129,11 +129,11 @@ def test_fid_every_iters_after_the_save_and_never_in_pretraining(tmp_path):
 
 
 def test_init_flow_skips_pretraining_and_keeps_the_flow_frozen_in_warmup(pre_run, tmp_path):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     src = pre_run[0] / "ckpt" / "iter_0000004"
     tr = Trainer(tiny_cfg(tmp_path / "run", f"Train.init_flow={src}", "Train.pretrain_epochs=1",
-                          "Train.warmup_epochs=1", "Train.coop_epochs=0", "Global.sample_interval=0"))
+                          "Train.frozen_flow_epochs=1", "Train.coop_epochs=0", "Global.sample_interval=0"))
     ebm0 = {k: v.numpy().copy() for k, v in tr.ebm.state_dict().items()}
     out = tr.train()
     assert out["global_iter"] == 5                                       # one warm-up epoch, no ActNorm init batch
@@ -145,7 +145,7 @@ def test_init_flow_skips_pretraining_and_keeps_the_flow_frozen_in_warmup(pre_run
 
 
 def test_flow_only_baseline_and_best_by_bits_per_dim(tmp_path):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     run = tmp_path / "run"
     Trainer(tiny_cfg(run, "Train.mode=flow_only", "Train.coop_epochs=2", "Global.sample_interval=9")).train()
@@ -160,7 +160,7 @@ def test_flow_only_baseline_and_best_by_bits_per_dim(tmp_path):
 
 
 def test_langevin_only_baseline(tmp_path):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     run = tmp_path / "run"
     tr = Trainer(tiny_cfg(run, "Train.mode=langevin_only", "Train.max_iters=3"))

@@ -41,7 +41,7 @@ def test_resume_at_every_iteration_is_bit_identical(straight, tmp_path):
 def test_sigint_mid_iteration_saves_the_boundary_and_resumes_exactly(straight, tmp_path):
     """Ctrl-C inside iteration 5 (after its proposals were drawn): the iteration finishes, `latest` holds
     iteration 5 with the RNG state of that boundary, and a resume reaches the straight run exactly."""
-    from paddle_coopflow.engine import Trainer, TrainingStopped
+    from paddle_coopflow.training import Trainer, TrainingStopped
 
     from tiny_run import tiny_cfg
 

@@ -268,7 +268,7 @@ def test_inception_weights_are_refused_at_start(tmp_path, marker, name):
 
 
 def test_corrupt_inception_weights_stop_the_trainer_before_the_run_dir(tmp_path, inception_pdparams):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
     from paddle_coopflow.evaluation import InTrainingFID
 
     InTrainingFID(fid_cfg(tmp_path, inception_pdparams)).check()  # the real file passes

@@ -52,7 +52,7 @@ def test_sigterm_saves_latest_at_a_boundary_and_exits_143(tmp_path):
 def test_second_sigterm_is_still_a_termination(tmp_path):
     """Two SIGTERMs inside iteration 3: the second abandons it at once; the run ends as TrainingStopped with
     exit code 143 (not KeyboardInterrupt's 130), no temporary file is left, `latest` is iteration 2."""
-    from paddle_coopflow.engine import Trainer, TrainingStopped
+    from paddle_coopflow.training import Trainer, TrainingStopped
 
     run = tmp_path / "run"
     tr = Trainer(tiny_cfg(run, "Train.max_iters=5", "Global.save_interval=1", "Global.sample_interval=0"))

@@ -3,12 +3,13 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
-from paddle_coopflow.config import run_cli
+from paddle_coopflow.cli import run_cli
 from paddle_coopflow.data import DatasetError
 from paddle_coopflow.data.toy2d import GENERATORS, load_points_file, make_toy2d, toy_train_heldout
 from paddle_coopflow.metrics.sample_distance import mmd2_unbiased, sample_distance, sliced_wasserstein
@@ -186,7 +187,10 @@ def test_sliced_wasserstein_closed_forms():
 
 # ----------------------------------------------------------------------------------------- tool
 def _tool():
-    spec = importlib.util.spec_from_file_location("toy2d_tool", os.path.join(ROOT, "tools", "toy2d.py"))
+    tools = os.path.join(ROOT, "tools")
+    if tools not in sys.path:  # the tool imports tools/_bootstrap.py, as when run as a script
+        sys.path.insert(0, tools)
+    spec = importlib.util.spec_from_file_location("toy2d_tool", os.path.join(tools, "toy2d.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -199,7 +203,7 @@ def test_short_run_improves_pi(tmp_path):
             "-o", "Global.log_interval=100", "-o", "Train.max_iters=300", "-o", "Train.batch_size=128",
             "-o", "Langevin.n_steps=25", "-o", "Langevin.step_size=0.1", "-o", "Optimizer.warmup_iters=20",
             "-o", "Flow.hidden=16", "-o", "Flow.num_layers=4", "-o", "EBM.hidden=128", "-o", "EBM.depth=3",
-            "-o", "Langevin.noise=constant", "-o", "Langevin.noise_std=1.0", "-o", "Optimizer.flow_lr=1e-3",
+            "-o", "Langevin.noise_mode=constant", "-o", "Langevin.noise_std=1.0", "-o", "Optimizer.flow_lr=1e-3",
             "-o", "Optimizer.ebm_lr=1e-3", "-o", "Langevin.delta_clip=null",
             "-o", "Data.num_points=2000", "-o", "Eval.num_samples=500", "-o", "Toy.metric_points=500",
             "-o", "Toy.heldout_points=500", "-o", "Toy.eval_every=300", "-o", "Toy.grid_resolution=40"]

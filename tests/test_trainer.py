@@ -50,7 +50,7 @@ def test_refusal_suggests_resume_only_when_latest_exists(tmp_path):
 
 
 def tiny_cfg_trainer(run, *extra):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     return Trainer(tiny_cfg(run, "Train.max_iters=1", *extra))
 
@@ -70,7 +70,7 @@ def test_overwrite_moves_the_old_run_aside(tmp_path):
 
 def test_failed_start_leaves_nothing(tmp_path):
     from paddle_coopflow.data import DatasetError
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     with pytest.raises((UserError, DatasetError)):
         Trainer(tiny_cfg(tmp_path / "a", "Data.name=folder", f"Data.root={tmp_path / 'no_such_folder'}"))
@@ -83,7 +83,7 @@ def test_batch_larger_than_the_data_is_refused_before_the_run_dir(tmp_path):
     from PIL import Image
 
     from paddle_coopflow.data import DatasetError
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     with pytest.raises(DatasetError, match=r"Train.batch_size=100000 is larger than the 297 images of digits "
                                            r"\(split test\); set -o Train.batch_size=297 or less"):
@@ -153,7 +153,7 @@ def test_nonfinite_streak_after_resume_names_the_checkpoint_resumed_from(tmp_pat
 
 def test_corrupt_image_mid_run_saves_latest_and_stops_with_one_line(tmp_path):
     from paddle_coopflow.data import DatasetError
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     tr = Trainer(tiny_cfg(tmp_path / "run", "Train.max_iters=6"))
     cls = type(tr.dataset)

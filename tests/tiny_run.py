@@ -33,7 +33,7 @@ def tiny_cfg(run_dir, *extra):
 
 
 def run_tiny(run_dir, *extra, resume=None):
-    from paddle_coopflow.engine import Trainer
+    from paddle_coopflow.training import Trainer
 
     return Trainer(tiny_cfg(run_dir, *extra), resume=resume).train()
 

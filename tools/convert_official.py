@@ -25,7 +25,8 @@ import time
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import add_config_args, load_config, run_cli
+from paddle_coopflow.cli import add_config_args, run_cli
+from paddle_coopflow.config import load_config
 
 
 def main(argv=None):

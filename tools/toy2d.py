@@ -19,7 +19,7 @@ writes into Global.output_dir:
 The reported model is the best of the evaluations (every Toy.eval_every iterations and at the end),
 ranked by the metric of π: a run that degrades late still reports its best state. A kept model is
 drawn again after training like the final one and reported only if that draw also beats the final. The health check
-(paddle_coopflow/engine/health.py, section Health) watches every iteration for a finite blow-up; on
+(paddle_coopflow/training/health.py, section Health) watches every iteration for a finite blow-up; on
 one, training stops, the outputs above are written for the best model evaluated before it, and the
 tool exits with status 2 and one line naming the iteration and the quantity.
 
@@ -30,21 +30,21 @@ not used here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-import paddle_coopflow  # noqa: E402,F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import Config, add_config_args, load_config, run_cli  # noqa: E402
-from paddle_coopflow.errors import UserError  # noqa: E402
+import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
+from paddle_coopflow.cli import add_config_args, run_cli
+from paddle_coopflow.config import Config, load_config
+from paddle_coopflow.errors import UserError
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def check_config(cfg: Config) -> None:
@@ -53,8 +53,8 @@ def check_config(cfg: Config) -> None:
         raise UserError("tools/toy2d.py needs Flow.arch=flow2d, EBM.arch=mlp and EBM.in_dim=2")
     if cfg.Data.name not in ("spiral", "moons", "rings", "checkerboard", "file"):
         raise UserError(f"Data.name={cfg.Data.name!r} is not a 2-D set; use spiral|moons|rings|checkerboard|file")
-    if cfg.Train.mode != "coopflow" or cfg.Train.pretrain_epochs or cfg.Train.warmup_epochs:
-        raise UserError("tools/toy2d.py supports Train.mode=coopflow with pretrain_epochs=0 and warmup_epochs=0")
+    if cfg.Train.mode != "coopflow" or cfg.Train.pretrain_epochs or cfg.Train.frozen_flow_epochs:
+        raise UserError("tools/toy2d.py supports Train.mode=coopflow with pretrain_epochs=0 and frozen_flow_epochs=0")
 
 
 def load_data(cfg: Config):
@@ -96,10 +96,9 @@ def build_coopflow(cfg: Config, n_train: int):
 
     flow, ebm = build_flow(cfg.Flow), build_ebm(cfg.EBM)
     fopt, eopt = build_optimizers(cfg, flow, ebm, batch_size=schedule(cfg, n_train)[0])
-    opts = CoopFlowOptions.from_config(cfg)
     # The 2-D MLP energy always takes the dygraph Langevin step: the static oneDNN step is built for
     # image EBMs, and with the MLP EBM it crashed Paddle 3.3.1 (matmul_grad).
-    opts.langevin_engine = "dygraph"
+    opts = dataclasses.replace(CoopFlowOptions.from_config(cfg), engine="dygraph")
     return CoopFlow(flow, ebm, fopt, eopt, opts)
 
 
@@ -112,8 +111,8 @@ def draw_samples(coop, n: int, batch: int, epoch: float):
     from paddle_coopflow.langevin import noise_std_for
     from paddle_coopflow.sampling import sample
 
-    o = coop.o
-    std = noise_std_for(o.noise_mode, epoch, o.noise_K, o.noise_std)
+    o = coop.opts
+    std = noise_std_for(o.noise_mode, epoch, o.noise_decay_K, o.noise_std)
     xs, ys = [], []
     for i in range(0, n, batch):
         x, y = sample(coop.flow, coop.ebm, min(batch, n - i), n_steps=o.n_steps, step_size=o.step_size,
@@ -249,15 +248,15 @@ def train_loop(coop, train_pts: np.ndarray, heldout: np.ndarray, cfg: Config, lo
     """
     import paddle
 
-    from paddle_coopflow.engine.health import HealthCheck
-    from paddle_coopflow.engine.outputs import TAGS
+    from paddle_coopflow.training.health import HealthCheck
+    from paddle_coopflow.training.outputs import TAGS
 
     seed, ev_every = cfg.Global.seed, cfg.Toy.eval_every
     b, per_epoch, iters = schedule(cfg, len(train_pts))
     epochs = math.ceil(iters / per_epoch)
     logger.info(f"data {cfg.Data.name}: {len(train_pts)} training / {len(heldout)} held-out points; "
                 f"{iters} iterations of batch {b} ({per_epoch} per epoch); T={cfg.Langevin.n_steps} "
-                f"s={cfg.Langevin.step_size} noise={cfg.Langevin.noise}")
+                f"s={cfg.Langevin.step_size} noise={cfg.Langevin.noise_mode}")
     n_ev = min(cfg.Toy.metric_points, cfg.Eval.num_samples)
     run = {"history": [], "epoch": 0, "iters_run": 0, "best": None, "blowup": None}
     health, bad_run, t0 = HealthCheck(cfg.Health), 0, time.time()

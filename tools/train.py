@@ -15,14 +15,15 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 import paddle_coopflow  # noqa: F401  (quietens paddle before it is imported)
-from paddle_coopflow.config import add_config_args, load_config, run_cli
+from paddle_coopflow.cli import add_config_args, run_cli
+from paddle_coopflow.config import load_config
 
 
 def check_health(paths, cfg) -> int:
     """Print the first blow-up the Health rule finds in each stats.jsonl (or 'no blow-up'); 1 if any."""
     import os
 
-    from paddle_coopflow.engine.health import replay
+    from paddle_coopflow.training.health import replay
     from paddle_coopflow.errors import UserError
 
     found = 0
@@ -57,7 +58,7 @@ def main(argv=None):
         for name, n in param_counts(cfg).items():
             print(f"params/{name}: {n:,}")
         return 0
-    from paddle_coopflow.engine import Trainer, TrainingStopped
+    from paddle_coopflow.training import Trainer, TrainingStopped
 
     try:
         Trainer(cfg, resume=args.resume).train()

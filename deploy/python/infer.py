@@ -2,7 +2,7 @@
 
     python deploy/python/infer.py --model_dir output/run/inference --num 64 --out samples/
         [--batch_size 16] [--seed 0] [--device cpu|gpu] [--threads 2] [--flow_only] [--noise_std S]
-        [--engine auto|fused|stepwise] [--onednn auto|on|off]
+        [--sampler auto|fused|stepwise] [--onednn auto|on|off]
 
 Standalone on purpose: it needs Paddle, NumPy and Pillow (PyYAML if installed) and nothing from the
 training package, so a deployment ships only this file and the exported directory.
@@ -10,11 +10,11 @@ training package, so a deployment ships only this file and the exported director
 Writes OUT/000000.png …, OUT/grid.png and OUT/samples.npz (``images`` uint8 [N, H, W, C] and
 ``samples`` float32 [N, C, H, W] in [-1, 1], plus the ``z`` that produced them).
 
-Two engines give the same samples for the same seed:
+Two samplers give the same samples for the same seed:
 - fused: the single ``coopflow_sampler`` program (flow⁻¹ + T steps in a while op, ∇ₓf by gradient ops).
 - stepwise: ``flow_generator``, then the grad-free ``langevin_step`` program looped T times in Python,
-  fed the noise of each step. Exported for EBMRes only; with oneDNN it is the fast CPU engine.
---engine auto (default) takes stepwise when ``langevin_step`` was exported and the device is CPU.
+  fed the noise of each step. Exported for EBMRes only; with oneDNN it is the fast CPU sampler.
+--sampler auto (default) takes stepwise when ``langevin_step`` was exported and the device is CPU.
 
 oneDNN: the programs with gradient ops fail under it, and oneDNN + inplace_pass silently corrupts the
 flow inverse (both the bisection and the fast Newton inverse: errors up to 2), so every program runs
@@ -44,10 +44,7 @@ class DeployError(Exception):
 
 # ----------------------------------------------------------------------------------- files
 def find_model_file(model_dir: str, name: str):
-    """(program file, params file) of `name`: ``.json`` (Paddle 3 PIR) or ``.pdmodel`` (older).
-
-    Same rule as paddle_coopflow.export.find_model_file (duplicated: no training imports here).
-    """
+    """(program file, params file) of `name`: ``.json`` (Paddle 3 PIR) or ``.pdmodel`` (older)."""
     params = os.path.join(model_dir, name + ".pdiparams")
     for suf in MODEL_SUFFIXES:
         path = os.path.join(model_dir, name + suf)
@@ -246,35 +243,35 @@ def run_predictor(predictor, feeds, names=None):
     return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
 
 
-# ----------------------------------------------------------------------------------- engines
-ENGINES = ("auto", "fused", "stepwise")
+# ----------------------------------------------------------------------------------- samplers
+SAMPLERS = ("auto", "fused", "stepwise")
 ONEDNN_CHOICES = ("auto", "on", "off")
 
 
-def choose_engine(info: dict, engine: str = "auto", device: str = "cpu") -> str:
-    """'fused' or 'stepwise' for `engine`.
+def choose_sampler(info: dict, sampler: str = "auto", device: str = "cpu") -> str:
+    """'fused' or 'stepwise' for `sampler`.
 
     auto → stepwise iff flow_generator and langevin_step were exported and the device is CPU, else fused.
 
     Raises:
-        DeployError: the engine's programs are not in the export (one line, with the fix).
+        DeployError: the sampler's programs are not in the export (one line, with the fix).
     """
     programs = info.get("programs") or {}
-    if engine not in ENGINES:
-        raise DeployError(f"--engine {engine!r} is invalid; use one of {ENGINES}")
+    if sampler not in SAMPLERS:
+        raise DeployError(f"--sampler {sampler!r} is invalid; use one of {SAMPLERS}")
     stepwise_ok = "flow_generator" in programs and "langevin_step" in programs
-    chosen = engine if engine != "auto" else ("stepwise" if stepwise_ok and device == "cpu" else "fused")
+    chosen = sampler if sampler != "auto" else ("stepwise" if stepwise_ok and device == "cpu" else "fused")
     need = ["coopflow_sampler"] if chosen == "fused" else ["flow_generator", "langevin_step"]
     missing = [n for n in need if n not in programs]
     if missing:
         if chosen == "stepwise":
-            hint = "langevin_step is exported for EBM.arch res only; use --engine fused"
+            hint = "langevin_step is exported for EBM.arch res only; use --sampler fused"
         elif stepwise_ok:
-            hint = "use --engine stepwise"
+            hint = "use --sampler stepwise"
         else:
             hint = "use --flow_only" if "flow_generator" in programs else "export it with tools/export_model.py"
         raise DeployError(f"the export has no {' / '.join(missing)} program for "
-                          f"the {chosen} engine (exported: {sorted(programs)}); {hint}")
+                          f"the {chosen} sampler (exported: {sorted(programs)}); {hint}")
     return chosen
 
 
@@ -289,28 +286,28 @@ def step_uses_onednn(info: dict, onednn: str = "auto", device: str = "cpu") -> b
 
 
 class Sampler:
-    """The CoopFlow sampler of an export directory, on one engine.
+    """The CoopFlow sampler of an export directory: the fused program or the stepwise loop.
 
     Call: z [N, C, H, W] (, eps [T, N, C, H, W] = σ·N(0, I), only if the export has a noise input)
-    → x̃ [N, C, H, W]. Both engines give the same result for the same (z, eps).
+    → x̃ [N, C, H, W]. Both samplers give the same result for the same (z, eps).
 
     Args:
         model_dir: export directory.
         info: its infer_cfg.yml (read_infer_cfg).
-        engine: 'auto', 'fused' or 'stepwise' (see choose_engine).
+        sampler: 'auto', 'fused' or 'stepwise' (see choose_sampler).
         device, threads: as create_predictor.
         onednn: 'auto', 'on' or 'off' for the langevin_step predictor (see step_uses_onednn).
     """
 
-    def __init__(self, model_dir: str, info: dict, engine: str = "auto", device: str = "cpu", threads: int = 0,
+    def __init__(self, model_dir: str, info: dict, sampler: str = "auto", device: str = "cpu", threads: int = 0,
                  onednn: str = "auto"):
-        self.engine = choose_engine(info, engine, device)
+        self.kind = choose_sampler(info, sampler, device)
         lg = info.get("langevin") or {}
         self.n_steps = int(lg.get("n_steps") or 0)
         self.step_size = float(lg.get("step_size") or 0.0)
         self.noise_input = bool(lg.get("noise_input"))
         self.onednn = False
-        if self.engine == "fused":
+        if self.kind == "fused":
             self.sampler = create_predictor(model_dir, "coopflow_sampler", device, threads)
         else:
             self.flow = create_predictor(model_dir, "flow_generator", device, threads)
@@ -320,7 +317,7 @@ class Sampler:
     def __call__(self, z: np.ndarray, eps=None) -> np.ndarray:
         if self.noise_input and eps is None:
             raise DeployError("this export has a Langevin noise input: pass eps [T, N, C, H, W] (zeros for none)")
-        if self.engine == "fused":
+        if self.kind == "fused":
             return run_predictor(self.sampler, [z] + ([eps] if self.noise_input else []))[0]
         x = run_predictor(self.flow, [z])[0]
         for k in range(self.n_steps):
@@ -365,11 +362,11 @@ def _check_version(info: dict) -> None:
 
 
 def generate(model_dir: str, num: int, batch_size: int, seed: int, device: str = "cpu", threads: int = 0,
-             flow_only: bool = False, noise_std=None, engine: str = "auto", onednn: str = "auto", info_out=None):
+             flow_only: bool = False, noise_std=None, sampler: str = "auto", onednn: str = "auto", info_out=None):
     """Draw z (and Langevin noise) with NumPy and run the sampler → (samples [N,C,H,W], z, seconds).
 
-    The draws do not depend on the engine (z, then the [T, b, C, H, W] noise, per batch), so both engines
-    give the same samples for one seed. `info_out`, a dict, receives the engine and oneDNN use.
+    The draws do not depend on the sampler (z, then the [T, b, C, H, W] noise, per batch), so both samplers
+    give the same samples for one seed. `info_out`, a dict, receives the sampler and oneDNN use.
     """
     info = read_infer_cfg(model_dir)
     _check_version(info)
@@ -379,10 +376,10 @@ def generate(model_dir: str, num: int, batch_size: int, seed: int, device: str =
             raise DeployError(f"{model_dir} has no 'flow_generator' program (exported: {sorted(programs)}); "
                               "export it with tools/export_model.py")
         pred = create_predictor(model_dir, "flow_generator", device, threads)
-        run, used = (lambda z, eps: run_predictor(pred, [z])[0]), {"engine": "flow_only", "onednn": False}
+        run, used = (lambda z, eps: run_predictor(pred, [z])[0]), {"sampler": "flow_only", "onednn": False}
     else:
-        run = Sampler(model_dir, info, engine, device, threads, onednn)
-        used = {"engine": run.engine, "onednn": run.onednn}
+        run = Sampler(model_dir, info, sampler, device, threads, onednn)
+        used = {"sampler": run.kind, "onednn": run.onednn}
     if info_out is not None:
         info_out.update(used)
     c, h, w = [int(v) for v in info["image_shape"]]
@@ -416,7 +413,7 @@ def main(argv=None) -> int:
     p.add_argument("--flow_only", action="store_true", help="run flow_generator only (no Langevin revision)")
     p.add_argument("--noise_std", type=float, default=None,
                    help="Langevin noise σ for samplers exported with a noise input (default: infer_cfg.yml)")
-    p.add_argument("--engine", choices=ENGINES, default="auto",
+    p.add_argument("--sampler", choices=SAMPLERS, default="auto",
                    help="fused: the coopflow_sampler program; stepwise: flow_generator + langevin_step looped T "
                         "times (oneDNN); auto: stepwise if langevin_step was exported and --device cpu")
     p.add_argument("--onednn", choices=ONEDNN_CHOICES, default="auto",
@@ -427,7 +424,7 @@ def main(argv=None) -> int:
         raise DeployError("--num and --batch_size must be >= 1")
     used: dict = {}
     samples, z, seconds = generate(args.model_dir, args.num, args.batch_size, args.seed, args.device,
-                                   args.threads, args.flow_only, args.noise_std, args.engine, args.onednn, used)
+                                   args.threads, args.flow_only, args.noise_std, args.sampler, args.onednn, used)
     images = to_uint8(samples)
     os.makedirs(args.out, exist_ok=True)
     for i, img in enumerate(images):
@@ -436,7 +433,7 @@ def main(argv=None) -> int:
     np.savez(os.path.join(args.out, "samples.npz"), images=images, samples=samples.astype(np.float32), z=z)
     prog = {"flow_only": "flow_generator", "fused": "coopflow_sampler (fused)",
             "stepwise": "flow_generator + langevin_step (stepwise, oneDNN " + ("on)" if used["onednn"] else "off)")
-            }[used["engine"]]
+            }[used["sampler"]]
     print(f"{prog}: {len(images)} images in {seconds:.2f}s ({len(images) / max(seconds, 1e-9):.2f} img/s) "
           f"-> {args.out}")
     return 0

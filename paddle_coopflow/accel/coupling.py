@@ -29,25 +29,24 @@ import paddle
 import paddle.nn as nn
 
 from ..utils.env import onednn_cpu
-from .program import ProgramCache
+from .program import ENGINES, ProgramCache, detached
 
-__all__ = ["ENGINES", "StaticCouplingNN", "make_coupling_nn"]
+__all__ = ["StaticCouplingNN", "make_coupling_nn"]
 
-ENGINES = ("auto", "static", "dygraph")
 CPU_FLAGS = MappingProxyType({"FLAGS_use_onednn": True})
 VERIFY_RTOL = 1e-4    # first-run check: max |static - dygraph| <= VERIFY_RTOL * (1 + max |dygraph|), per output
 _log = logging.getLogger("paddle_coopflow.accel.coupling")
 
 
 class _CachedEncoding(nn.Layer):
-    """The network called with cached_encoding=True: what the program traces."""
+    """The network called with cached_encoding=True, outputs detached: what the program traces."""
 
     def __init__(self, net: nn.Layer):
         super().__init__()
         self.net = net
 
     def forward(self, x):
-        return self.net(x, cached_encoding=True)
+        return detached(self.net(x, cached_encoding=True))
 
 
 class StaticCouplingNN:
@@ -110,9 +109,7 @@ def make_coupling_nn(net: nn.Layer, engine: str):
     else None; 'static' → a strict StaticCouplingNN (failures raise).
     """
     if engine not in ENGINES:
-        old = {"on": "static", "off": "dygraph"}.get(engine)
-        hint = f" (the old value {engine!r} is now {old!r})" if old else ""
-        raise ValueError(f"unknown Flow.coupling_engine {engine!r}; choose one of {ENGINES}{hint}")
+        raise ValueError(f"unknown Flow.coupling_engine {engine!r}; choose one of {ENGINES}")
     if engine == "dygraph" or (engine == "auto" and not onednn_cpu()):
         return None
     return StaticCouplingNN(net, strict=engine == "static")

@@ -31,12 +31,11 @@ import paddle.nn as nn
 
 from ..langevin import langevin_step, langevin_update
 from ..utils.env import onednn_cpu
-from .program import ProgramCache
+from .program import ENGINES, ProgramCache
 
-__all__ = ["ENGINES", "VARIANTS", "CPU_FLAGS", "LangevinStepLayer", "StaticLangevinStep", "make_langevin_step",
+__all__ = ["VARIANTS", "CPU_FLAGS", "LangevinStepLayer", "StaticLangevinStep", "make_langevin_step",
            "engine_in_use", "supports_manual_grad"]
 
-ENGINES = ("auto", "static", "dygraph")
 VARIANTS = ("manual", "autograd")
 # FLAGS_new_executor_serial_run is part of the recipe measured on the AMD EPYC; no difference on the Xeon.
 CPU_FLAGS = MappingProxyType({"FLAGS_use_onednn": True, "FLAGS_new_executor_serial_run": True})
@@ -141,18 +140,18 @@ class StaticLangevinStep:
             self._adjoint = adj
         return adj
 
-    def step(self, x: paddle.Tensor, step_size: float, delta_clip: Optional[float] = 0.1,
-             image_clip: Optional[Tuple[float, float]] = (-1.0, 1.0), noise: Optional[paddle.Tensor] = None,
-             noise_std: float = 0.0) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        """One step of eq. (3), the non-differentiable form of langevin.langevin_step.
+    def __call__(self, ebm: nn.Layer, x: paddle.Tensor, step_size: float, delta_clip: Optional[float] = 0.1,
+                 image_clip: Optional[Tuple[float, float]] = (-1.0, 1.0), noise: Optional[paddle.Tensor] = None,
+                 noise_std: float = 0.0, create_graph: bool = False
+                 ) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        """One step of eq. (3) with :func:`langevin.langevin_step`'s signature and results (detached).
 
-        Args:
-            x: [N, ...] current state (never modified).
-            step_size, delta_clip, image_clip, noise, noise_std: as langevin.langevin_step.
-
-        Returns:
-            (x_next [N, ...], f(x) [N], drift ½s²∇f [N, ...] before the δ clip), all detached.
+        The differentiable chain (create_graph), another EBM than this step's and calls inside a to_static
+        trace (the exported sampler traces langevin_flow) take the dygraph step; so does a key whose
+        program failed (engine 'auto').
         """
+        if create_graph or ebm is not self.ebm or not paddle.in_dynamic_mode():
+            return langevin_step(ebm, x, step_size, delta_clip, image_clip, noise, noise_std, create_graph)
         eps = shift = None
         if noise_std > 0.0:
             # Same draw and same arithmetic as the dygraph step: identical chains under one seed.
@@ -202,27 +201,6 @@ def _no_check(out, ref) -> None:
     return None
 
 
-class _EngineStep:
-    """A step function with langevin_step's signature that runs a StaticLangevinStep for its EBM.
-
-    The differentiable chain, another EBM and calls inside a to_static trace (the exported sampler
-    traces langevin_flow) go to the dygraph step.
-    """
-
-    def __init__(self, static: StaticLangevinStep):
-        self.static = static
-
-    def chain(self):
-        return self.static.chain()
-
-    def __call__(self, ebm: nn.Layer, x: paddle.Tensor, step_size: float, delta_clip: Optional[float] = 0.1,
-                 image_clip: Optional[Tuple[float, float]] = (-1.0, 1.0), noise: Optional[paddle.Tensor] = None,
-                 noise_std: float = 0.0, create_graph: bool = False):
-        if create_graph or ebm is not self.static.ebm or not paddle.in_dynamic_mode():
-            return langevin_step(ebm, x, step_size, delta_clip, image_clip, noise, noise_std, create_graph)
-        return self.static.step(x, step_size, delta_clip, image_clip, noise, noise_std)
-
-
 def make_langevin_step(ebm: nn.Layer, engine: str = "auto", logger: Optional[logging.Logger] = None) -> Callable:
     """The step function for `langevin_flow(..., step=...)` chosen by `Langevin.engine`.
 
@@ -235,7 +213,7 @@ def make_langevin_step(ebm: nn.Layer, engine: str = "auto", logger: Optional[log
 
     Returns:
         step(ebm, x, step_size, delta_clip, image_clip, noise, noise_std, create_graph) → (x_next, f, drift),
-        as langevin_step; the static one also has chain() and `.static` (its StaticLangevinStep).
+        as langevin_step: the function itself, or a StaticLangevinStep (which also has chain()).
 
     Raises:
         ValueError: unknown engine, or 'static' for an EBM without a hand-written gradient.
@@ -254,7 +232,7 @@ def make_langevin_step(ebm: nn.Layer, engine: str = "auto", logger: Optional[log
         log.info("Langevin step: dygraph (Langevin.engine=%s, %s)", engine, why)
         return langevin_step
     log.info("Langevin step: static oneDNN program for %s (Langevin.engine=%s)", name, engine)
-    return _EngineStep(StaticLangevinStep(ebm, "manual", strict=engine == "static"))
+    return StaticLangevinStep(ebm, "manual", strict=engine == "static")
 
 
 def engine_in_use(step) -> str:
@@ -265,4 +243,4 @@ def engine_in_use(step) -> str:
     """
     if step is None:
         return "none"
-    return "static" if hasattr(step, "static") else "dygraph"
+    return "static" if isinstance(step, StaticLangevinStep) else "dygraph"

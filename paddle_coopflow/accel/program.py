@@ -14,45 +14,34 @@ the cache does the rest, the same way for both:
 - the flags (`FLAGS_use_onednn`, `FLAGS_new_executor_serial_run`) are set only during the call and
   restored: both are read when a program's executor is built, on its first run, and dygraph ignores
   them (docs/paddle_notes.md, "oneDNN speed recipe");
-- every program output ends in `.detach()` (:class:`DetachedOutputs`): under oneDNN the first run
+- the converted layer ends every output in `.detach()` (:func:`detached`): under oneDNN the first run
   rewrites the program in place, and an output made by a replaced op would be read from freed
   memory (docs/paddle_notes.md, "The oneDNN first-run rewrite");
-- the wrapper has training=False, so to_static appends no backward over the program
-  (docs/paddle_notes.md, "Static programs with paddle.grad: training=False on the wrapper");
+- the converted layer gets training=False (the attribute only, not .eval(): the network inside keeps
+  its mode), so to_static appends no backward over the program (docs/paddle_notes.md, "Static
+  programs with paddle.grad: training=False on the wrapper");
 - the first run of every program is checked against the dygraph reference, and its own result is
   returned (so numbers never depend on which call built a program); an exception or a mismatch
   logs one line and falls back to dygraph for that key, or raises when the cache is strict.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn
 
-__all__ = ["ProgramCache", "DetachedOutputs", "detached"]
+__all__ = ["ENGINES", "ProgramCache", "detached"]
+
+# The values of the config keys that choose a network's engine (Langevin.engine, Flow.coupling_engine).
+ENGINES = ("auto", "static", "dygraph")
 
 
 def detached(outputs) -> Tuple[paddle.Tensor, ...]:
     """`.detach()` of each output: pd_op.share_data_, an op the oneDNN rewrite never replaces."""
     return tuple(o.detach() for o in outputs)
-
-
-class DetachedOutputs(nn.Layer):
-    """Wrapper converted by to_static: calls `layer(x)` or `layer(x, extra)` and detaches every output.
-
-    The wrapped layer (and the network inside it) stays a dygraph layer; to_static converts this one.
-    """
-
-    def __init__(self, layer: nn.Layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x, extra=None):
-        # Fixed arguments (to_static matches them to the input spec): x, and a list of further tensors.
-        out = self.layer(x) if extra is None else self.layer(x, extra)
-        return detached(out if isinstance(out, (tuple, list)) else (out,))
 
 
 class ProgramCache:
@@ -98,32 +87,9 @@ class ProgramCache:
             self._param_ids = ids
 
     def compile(self, layer: nn.Layer, input_spec: List) -> object:
-        """to_static of `layer` wrapped in :class:`DetachedOutputs`, training=False on the wrapper."""
-        wrapper = DetachedOutputs(layer)
-        wrapper.training = False   # not .eval(): that would flip the network's own mode too
-        return paddle.jit.to_static(wrapper, input_spec=input_spec, full_graph=True)
-
-    def run(self, program, inputs: Sequence) -> Tuple[paddle.Tensor, ...]:
-        """One static call: parameters frozen and flags set only during it."""
-        params = self.net.parameters()
-        saved = [p.stop_gradient for p in params]
-        old_flags = paddle.get_flags(list(self.flags)) if self.flags else {}
-        try:
-            for p in params:
-                p.stop_gradient = True
-            if self.flags:
-                paddle.set_flags(self.flags)
-            if self.grad is None:
-                out = program(*inputs)
-            else:
-                with paddle.set_grad_enabled(self.grad):
-                    out = program(*inputs)
-        finally:
-            if old_flags:
-                paddle.set_flags(old_flags)
-            for p, s in zip(params, saved):
-                p.stop_gradient = s
-        return detached(out)
+        """to_static of `layer` (whose outputs are detached), with training=False on the layer itself."""
+        layer.training = False   # not .eval(): that would flip the network's own mode too
+        return paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
 
     def build(self, key: tuple, label: str, make: Callable[[], Tuple[nn.Layer, List]], inputs: Sequence,
               reference: Callable[[], tuple], check: Callable[[tuple, tuple], None]) -> Optional[tuple]:
@@ -142,29 +108,52 @@ class ProgramCache:
         """
         try:
             layer, spec = make()
-            program = self.compile(layer, spec)
-            out = self.run(program, inputs)
-            check(out, reference())
+            self.programs[key] = (label, self.compile(layer, spec))
         except Exception as err:  # noqa: BLE001 — any failure means "use dygraph", by design
             self.programs[key] = None
             self.fail(key, label, err)
             return None
-        self.programs[key] = (label, program)
+        out = self.call(key, inputs)
+        if out is None:
+            return None
+        try:
+            check(out, reference())
+        except Exception as err:  # noqa: BLE001
+            self.programs[key] = None
+            self.fail(key, label, err)
+            return None
         self.n_compiled += 1
         self.log_once(f"{self.what} for {key[0]}: {label} program", logging.INFO)
         return out
 
     def call(self, key: tuple, inputs: Sequence) -> Optional[tuple]:
-        """A later call of a built key: the program's output, or None if the key uses dygraph."""
+        """Run the program of `key`: parameters frozen and flags set only during the call.
+
+        Returns the program's (detached) outputs, or None if the key uses dygraph (also after a
+        failure of this call, which is logged, or raised when the cache is strict).
+        """
         entry = self.programs.get(key)
         if entry is None:
             return None
+        params = self.net.parameters()
+        saved = [p.stop_gradient for p in params]
+        old_flags = paddle.get_flags(list(self.flags)) if self.flags else {}
         try:
-            return self.run(entry[1], inputs)
+            for p in params:
+                p.stop_gradient = True
+            if self.flags:
+                paddle.set_flags(self.flags)
+            with paddle.set_grad_enabled(self.grad) if self.grad is not None else contextlib.nullcontext():
+                return detached(entry[1](*inputs))
         except Exception as err:  # noqa: BLE001
             self.programs[key] = None
             self.fail(key, entry[0], err)
             return None
+        finally:
+            if old_flags:
+                paddle.set_flags(old_flags)
+            for p, s in zip(params, saved):
+                p.stop_gradient = s
 
     def fail(self, key: tuple, label: str, err: Exception) -> None:
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 
 import yaml
 
-from .schema import RENAMED_KEYS, RENAMED_VALUES, SECTION_CLASSES, SECTIONS, Config, ConfigError
+from .schema import SECTION_CLASSES, SECTIONS, Config, ConfigError
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -187,30 +187,12 @@ def _check_range(value, meta: dict, where: str) -> None:
                 raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
 
 
-def _renamed(sec: str, key: str, value, src: str, migrate: bool):
-    """Old key/value names: an error naming the new ones, or (migrate, configs stored in checkpoints) the translation."""
-    if (sec, key) in RENAMED_KEYS:
-        new, table = RENAMED_KEYS[(sec, key)]
-        hashable = isinstance(value, (str, bool, int, float)) or value is None
-        new_value = table.get(value, value) if hashable else value
-        if not migrate:
-            raise ConfigError(f"'{sec}.{key}' (in {src}) is now '{sec}.{new}'; write {sec}.{new}={new_value!r}")
-        return new, new_value
-    old_values = RENAMED_VALUES.get((sec, key), {})
-    if isinstance(value, str) and value in old_values:
-        if not migrate:
-            raise ConfigError(f"{sec}.{key}={value!r} (in {src}) is now {sec}.{key}={old_values[value]!r}")
-        return key, old_values[value]
-    return key, value
-
-
-def _fill_section(section_obj, sec: str, body: dict, sources: dict, migrate: bool) -> None:
+def _fill_section(section_obj, sec: str, body: dict, sources: dict) -> None:
     cls = SECTION_CLASSES[sec]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in body.items():
         src = sources.get((sec, key), "?")
-        key, value = _renamed(sec, key, value, src, migrate)
         if key not in fields:
             raise ConfigError(f"unknown key '{sec}.{key}' in {src}" + _suggest(str(key), fields))
         where = f"{sec}.{key}={value!r} (from {src})"
@@ -220,14 +202,12 @@ def _fill_section(section_obj, sec: str, body: dict, sources: dict, migrate: boo
         setattr(section_obj, key, value)
 
 
-def build_config(data: dict, sources: Optional[dict] = None, migrate: bool = False) -> Config:
+def build_config(data: dict, sources: Optional[dict] = None) -> Config:
     """Validate a nested dict (section → key → value) into a :class:`Config`.
 
     Args:
         data: section name → mapping of keys.
         sources: (section, key) → where the value came from (file or ``-o``), for messages.
-        migrate: translate renamed keys (RENAMED_KEYS) instead of rejecting them: for configs stored
-            in checkpoints written by earlier versions.
     Raises:
         ConfigError: one line naming the key, the value and its source.
     """
@@ -241,7 +221,7 @@ def build_config(data: dict, sources: Optional[dict] = None, migrate: bool = Fal
             continue
         if not isinstance(body, dict):
             raise ConfigError(f"section '{sec}' in {sources.get((sec, None), '?')} must be a mapping")
-        _fill_section(getattr(cfg, sec), sec, body, sources, migrate)
+        _fill_section(getattr(cfg, sec), sec, body, sources)
     _cross_check(cfg)
     return cfg
 
@@ -284,11 +264,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 
 def config_from_dict(d: dict, overrides: Optional[List[str]] = None, where: str = "stored config") -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint), then apply overrides.
-
-    Renamed keys of older versions are migrated; the overrides themselves must use the current names.
-    """
-    data = build_config(copy.deepcopy(d), {}, migrate=True).to_dict()
+    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint), then apply overrides."""
+    data = build_config(copy.deepcopy(d), {}).to_dict()
     if not overrides:
         return build_config(data, {})
     sources = {(sec, k): where for sec, body in data.items() for k in body}

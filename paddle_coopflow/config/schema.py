@@ -14,7 +14,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from ..accel.program import ENGINES
+from ..coopflow import MODES
 from ..errors import UserError
+from ..langevin import NOISE_MODES
 
 
 class ConfigError(UserError, ValueError):
@@ -66,7 +69,7 @@ class FlowConfig:
     inverse_method: str = _f("newton", choices=("newton", "bisection"),
                              help="mixture-CDF inverse when sampling: 'newton' (safeguarded Newton, ~50x faster, "
                                   "closer to the exact inverse) or 'bisection' (the official code's constants)")
-    coupling_engine: str = _f("dygraph", choices=("auto", "static", "dygraph"),
+    coupling_engine: str = _f("dygraph", choices=ENGINES,
                               help="coupling networks when sampling in eval mode: 'static' (static-graph oneDNN "
                                    "programs), 'dygraph', or 'auto' (static on CPU builds with oneDNN)")
     recompute: bool = _f(False, help="recompute each coupling step's activations in the backward pass: "
@@ -95,10 +98,10 @@ class LangevinConfig:
     test_step_size: float = _f(0.04, gt=0.0, help="step size s for sampling / FID (Table 3)")
     delta_clip: Optional[float] = _f(0.1, min=0.0, help="clip of the gradient term; null = off")
     image_clip: Optional[List[float]] = _f([-1.0, 1.0], help="[lo, hi] image range; null = off")
-    noise: str = _f("none", choices=("none", "constant", "decay"))
+    noise_mode: str = _f("none", choices=NOISE_MODES)
     noise_std: float = _f(1.0, min=0.0, help="noise = noise_std * s * eps (eq. 3)")
     noise_decay_K: float = _f(30.0, min=1e-9, help="eq. (10): max(1 - epoch/K, 0)^20")
-    engine: str = _f("auto", choices=("auto", "static", "dygraph"),
+    engine: str = _f("auto", choices=ENGINES,
                      help="Langevin step: 'static' (static-graph oneDNN program, EBM_res), 'dygraph', or 'auto' "
                           "(static on CPU builds with oneDNN, dygraph elsewhere); never decided by timing")
 
@@ -127,12 +130,12 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = _f("coopflow", choices=("coopflow", "flow_only", "langevin_only"))
+    mode: str = _f("coopflow", choices=MODES)
     batch_size: int = _f(28, min=1)
     pretrain_epochs: int = _f(0, min=0, help="phase 1: flow maximum likelihood (CoopFlow(Pre))")
-    warmup_epochs: int = _f(0, min=0, help="phase 2: flow frozen, EBM trained")
+    frozen_flow_epochs: int = _f(0, min=0, help="phase 2: flow frozen, EBM trained")
     coop_epochs: int = _f(100, min=0, help="phase 3: cooperative training")
-    warmup_off_by_one: bool = _f(False, help="replicate the official Pre scripts' extra epoch with the flow frozen")
+    frozen_flow_off_by_one: bool = _f(False, help="replicate the official Pre scripts' extra epoch with the flow frozen")
     n_update_flow: int = _f(1, min=1)
     flow_waits_for_ebm: bool = _f(True, help="step the flow only when the EBM step was taken (false: main_cifar.py)")
     sample_flow_train_mode: bool = _f(True, help="sample the flow in train mode (dropout on), as the official code")
@@ -196,7 +199,7 @@ class ToyConfig:
 
 @dataclass
 class HealthConfig:
-    """The finite blow-up check (paddle_coopflow/engine/health.py; docs/training.md): thresholds per quantity."""
+    """The finite blow-up check (paddle_coopflow/training/health.py; docs/training.md): thresholds per quantity."""
     check: bool = _f(True, help="stop the run with exit status 2 on a finite blow-up")
     warmup: int = _f(10, min=1, help="calm checks that build a quantity's reference before it is checked")
     window: int = _f(200, min=1, help="the reference is the median of this many latest calm checks")
@@ -236,13 +239,4 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
-# Keys renamed after what they choose: (section, old key) -> (new key, old value -> new value).
-RENAMED_KEYS = {
-    ("Langevin", "fast"): ("engine", {"on": "static", "off": "dygraph", True: "static", False: "dygraph"}),
-    ("Flow", "fast_nn"): ("coupling_engine", {"on": "static", "off": "dygraph", True: "static", False: "dygraph"}),
-    ("Train", "order"): ("flow_waits_for_ebm", {"reference": True, "main_cifar": False}),
-    ("Optimizer", "skip_check_first_epoch"): ("ebm_skip_in_first_epoch", {}),
-    ("Eval", "fid_ref_num"): ("ref_num", {}),
-}
-RENAMED_VALUES = {("Flow", "inverse_method"): {"fast": "newton"}}
 SECTION_CLASSES = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}

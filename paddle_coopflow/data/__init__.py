@@ -16,12 +16,10 @@ Public API:
 """
 
 from ..errors import DatasetError
-
-# Submodules import DatasetError from this package, so it is imported first.
-from .base import ImageDataset  # noqa: E402
-from .build import build_dataset, load_images  # noqa: E402
-from .loader import EpochLoader, build_dataloader  # noqa: E402
-from .sampler import EpochBatchSampler  # noqa: E402
+from .base import ImageDataset
+from .build import build_dataset, load_images
+from .loader import EpochLoader, build_dataloader
+from .sampler import EpochBatchSampler
 
 __all__ = [
     "DatasetError",

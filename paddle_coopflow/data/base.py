@@ -6,7 +6,7 @@ from typing import Tuple, Union
 import numpy as np
 import paddle
 
-from . import DatasetError
+from ..errors import DatasetError
 from .transforms import to_model_image, to_tensor_normalized
 
 Key = Union[int, Tuple[int, bool]]

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import DatasetError
+from ..errors import DatasetError
 from .base import ArrayDataset, ImageDataset
 from .celeba import CelebADataset
 from .cifar10 import load_cifar10

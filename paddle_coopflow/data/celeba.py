@@ -17,7 +17,7 @@ import zlib
 
 from PIL import Image
 
-from . import DatasetError
+from ..errors import DatasetError
 from .base import ImageDataset
 from .folder import check_split, is_image_name, list_images, open_image
 

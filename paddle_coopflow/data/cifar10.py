@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..utils import safe_pickle
-from . import DatasetError
+from ..errors import DatasetError
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"

@@ -13,7 +13,7 @@ from typing import Tuple
 
 import numpy as np
 
-from . import DatasetError
+from ..errors import DatasetError
 
 N_TRAIN = 1500
 

@@ -17,7 +17,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from . import DatasetError
+from ..errors import DatasetError
 from .base import ImageDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

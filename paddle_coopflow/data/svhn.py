@@ -12,7 +12,7 @@ from typing import Tuple
 
 import numpy as np
 
-from . import DatasetError
+from ..errors import DatasetError
 
 URL = "http://ufldl.stanford.edu/housenumbers/"
 SPLITS = ("train", "test", "extra")

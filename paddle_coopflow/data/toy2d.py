@@ -20,7 +20,7 @@ from typing import Tuple
 
 import numpy as np
 
-from . import DatasetError
+from ..errors import DatasetError
 
 __all__ = ["GENERATORS", "make_toy2d", "load_points_file", "split_points", "toy_train_heldout"]
 

@@ -221,8 +221,8 @@ class EBMRes(nn.Layer):
 
         Returns [stem kernel, conv1/conv2/res kernels of each block (EBMBlock.adjoint_weights)] as
         [in, out, 3, 3] input-gradient kernels, then Σ_o W_head[o] as [1, C, k, k]. They change only when
-        the weights do, so a Langevin chain (fixed EBM) computes them once instead of in every step: the
-        flips alone took ~0.2 s per step at nf = 128 (docs/speed.md).
+        the weights do, so a Langevin chain (fixed EBM) computes them once instead of in every step
+        (docs/speed.md, "Per-chain weight factors").
         """
         with paddle.no_grad():
             return ([_adjoint_kernel(self.stem.weight)] + [w for b in self.blocks for w in b.adjoint_weights()]

@@ -31,10 +31,10 @@ def keep_freed_memory() -> bool:
     """Make glibc malloc keep freed memory for reuse instead of handing it back to the OS.
 
     Paddle's CPU tensors come from malloc, and every tensor of a few MB or more arrives as fresh pages that
-    fault in one by one (4,097 page faults for each 16 MB output of an elementwise op; PyTorch reuses its
-    blocks). With mmap off and a 1 GiB trim threshold the heap is reused: exp over 16 MB 16.2 → 4.3 ms,
-    Flow++ forward+backward (paper config, batch 4) 20 → 17 s at a 9% higher peak RSS (docs/speed.md,
-    "Memory reuse"). On by default on Linux/glibc; PADDLE_COOPFLOW_MALLOC=system turns it off. Returns True if applied.
+    fault in one by one. With mmap off and a 1 GiB trim threshold glibc reuses freed blocks instead, which
+    makes large elementwise ops and the flow's training pass faster for a somewhat higher peak RSS
+    (docs/speed.md, "Memory reuse"). On by default on Linux/glibc; PADDLE_COOPFLOW_MALLOC=system turns it
+    off. Returns True if applied.
     """
     if os.environ.get(MALLOC_ENV, "keep").lower() != "keep" or not sys.platform.startswith("linux"):
         return False
@@ -67,12 +67,11 @@ def cpu_vendor() -> str:
 def mkl_avx2_on_amd() -> bool:
     """On an AMD CPU, tell MKL to use its AVX2 kernels (MKL_DEBUG_CPU_TYPE=5) unless the variable is set.
 
-    The MKL in Paddle's CPU wheels dispatches AMD CPUs to its slow generic kernels: a 2048x512x512 matmul
-    took 32.7 ms against 8.4 ms with the variable (2 threads, AMD EPYC), and Paddle's CPU convolutions and
-    matmuls are MKL GEMMs (docs/paddle_notes.md, "MKL on AMD CPUs"). MKL reads the variable at its first
-    call, so this must run before any Paddle math: `import paddle_coopflow` calls it, so every process that
-    imports the package before computing uses the same kernels. Intel CPUs are left
-    alone (the variable would cap them at AVX2). Returns True if it set the variable.
+    The MKL in Paddle's CPU wheels dispatches AMD CPUs to its slow generic kernels, and Paddle's CPU
+    convolutions and matmuls are MKL GEMMs (docs/paddle_notes.md, "MKL on AMD CPUs"). MKL reads the variable
+    at its first call, so this must run before any Paddle math: `import paddle_coopflow` calls it, so every
+    process that imports the package before computing uses the same kernels. Intel CPUs are left alone (the
+    variable would cap them at AVX2). Returns True if it set the variable.
     """
     if MKL_CPU_ENV in os.environ or cpu_vendor() != "AuthenticAMD":
         return False
@@ -84,11 +83,10 @@ def dense_views() -> bool:
     """Let transpose, split, slice, ... return dense tensors (Paddle's FLAGS_use_stride_kernel off), unless the
     user set the flag in the environment. Returns True if it turned the flag off.
 
-    With the flag on (Paddle's default since 2.6) these ops return strided views, and on CPU the next op that
-    needs contiguous memory (matmul, reshape, conv, ...) copies the view element by element: a transposed
-    [4, 512, 4, 24] attention tensor took 2.05 ms to become contiguous against 0.15 ms for the dense transpose
-    kernel. Paper Flow++ forward + backward at batch 4: 12.2 -> 10.9 s (docs/paddle_notes.md, "Strided views
-    on CPU"). The values are the same bits; only views lose their aliasing (no code here writes into a view).
+    With the flag on (Paddle's default) these ops return strided views, and on CPU the next op that needs
+    contiguous memory (matmul, reshape, conv, ...) copies the view element by element, far slower than the
+    dense transpose kernel (docs/paddle_notes.md, "Strided views on CPU"; docs/speed.md). The values are the
+    same bits; only views lose their aliasing (no code here writes into a view).
     """
     import paddle
 

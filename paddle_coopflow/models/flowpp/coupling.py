@@ -28,7 +28,7 @@ class Coupling(nn.Layer):
 
     def __init__(self, in_channels: int, mid_channels: int, num_blocks: int, num_components: int,
                  drop_prob: float, use_attn: bool = True, aux_channels: Optional[int] = None,
-                 inverse_method: str = "bisection"):
+                 inverse_method: str = "newton"):
         super().__init__()
         self.nn = NN(in_channels, mid_channels, num_blocks, num_components, drop_prob, use_attn, aux_channels)
         self.inverse_method = inverse_method

@@ -41,7 +41,7 @@ class Dequantization(nn.Layer):
 
     def __init__(self, in_shape: Tuple[int, int, int], mid_channels: int, num_blocks: int, num_components: int,
                  use_attn: bool, drop_prob: float, num_flows: int = 4, aux_channels: int = 32,
-                 inverse_method: str = "bisection"):
+                 inverse_method: str = "newton"):
         super().__init__()
         in_channels = in_shape[0]
         fan_in = 2 * in_channels * 9

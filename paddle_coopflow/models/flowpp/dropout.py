@@ -1,19 +1,18 @@
 """Element-wise dropout with Paddle's semantics and a faster mask on CPU (the attention-weight dropout).
 
 `F.dropout(x, p, training=True)` returns x * m / (1 - p) with m ~ Bernoulli(1 - p) per element. Paddle's CPU
-kernel calls its generator once per element: 62 ms for the 4.2M attention weights of one paper-config
-GatedAttn at batch 4, about a quarter of a Flow++ training pass (PyTorch's CPU `bernoulli_` is as slow;
-docs/speed.md, "Where the flow's time goes"). `dropout` draws the same distribution faster:
+kernel calls its generator once per element, which makes the dropout of the paper-config attention weights a
+large part of a Flow++ training pass (PyTorch's CPU `bernoulli_` is as slow; docs/speed.md, "Where the flow's
+time goes"). `dropout` draws the same distribution faster:
 
 * one int64 seed per call from Paddle's generator, so `paddle.seed`, the RNG state a checkpoint stores (exact
   resume) and the RNG replay of `paddle.distributed.fleet.utils.recompute` fix the masks as they fix Paddle's
   own;
 * 32 random bits per element from numpy's PCG64 seeded with it (`bit_generator.random_raw`; each half of the
-  elements from its own stream, made in two threads: 6.5 ms for 4.2M elements); an element is kept where its
-  bits are >= round(p * 2**32), i.e. with probability 1 - round(p * 2**32) / 2**32 (1 - p to 2.3e-10);
+  elements from its own stream, made in two threads); an element is kept where its bits are
+  >= round(p * 2**32), i.e. with probability 1 - round(p * 2**32) / 2**32 (1 - p to 2.3e-10);
 * the boolean mask is what the backward keeps (one byte per element, like Paddle's dropout); each direction
-  multiplies in numpy on the tensor's buffer, shared with Paddle without a copy (DLPack), in two threads:
-  13.7 ms forward, 21.4 ms forward + backward against Paddle's 62 and 65 ms.
+  multiplies in numpy on the tensor's buffer, shared with Paddle without a copy (DLPack), in two threads.
 
 Elsewhere (a GPU tensor; a static program, where numpy cannot run; dtypes other than float32/float64) it is
 `F.dropout` itself.
@@ -66,8 +65,8 @@ def _masked(t: paddle.Tensor, keep: np.ndarray, scale: float) -> paddle.Tensor:
 
 def _in_halves(fill: Callable[[int, int], object], n: int) -> None:
     """fill(0, h) and fill(h, n), h = ceil(n / 2); in two threads when n >= PARALLEL_MIN (numpy's random_raw and
-    ufuncs release the GIL: a 4.2M-element mask 11.4 -> 6.5 ms). The halves are fixed, so results do not
-    depend on whether threads ran."""
+    ufuncs release the GIL, so the halves run in parallel). The halves are fixed, so results do not depend on
+    whether threads ran."""
     h = (n + 1) // 2
     if n < PARALLEL_MIN:
         fill(0, h)

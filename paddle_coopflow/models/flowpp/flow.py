@@ -126,8 +126,8 @@ class FlowPlusPlus(nn.Layer):
         use_attn: attention in every block (dequant flow included).
         drop_prob: Dropout2d and attention dropout.
         undo_bound: if True, `inverse` undoes the 0.9 logit bound exactly; else the reference 2 sigmoid(l) - 1.
-        inverse_method: mixture-CDF inverse used when sampling: 'newton' (safeguarded Newton) or
-            'bisection' (the official code's method). See mixture.py.
+        inverse_method: mixture-CDF inverse used when sampling: 'newton' (safeguarded Newton; the default,
+            as the config's Flow.inverse_method) or 'bisection' (the official code's method). See mixture.py.
         coupling_engine: the coupling networks when sampling (eval mode, no grad): 'auto' = static-graph
             oneDNN programs on CPU builds with oneDNN (checked against dygraph on first use, dygraph
             fallback), 'static' = always (failures raise), 'dygraph'. See paddle_coopflow/accel/coupling.py.
@@ -138,7 +138,7 @@ class FlowPlusPlus(nn.Layer):
 
     def __init__(self, in_shape=(3, 32, 32), scales=((0, 4), (2, 3)), mid_channels: int = 96, num_blocks: int = 10,
                  num_components: int = 32, num_dequant_blocks: int = 2, use_attn: bool = True,
-                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "bisection",
+                 drop_prob: float = 0.2, undo_bound: bool = False, inverse_method: str = "newton",
                  coupling_engine: str = "dygraph", num_dequant_components: Optional[int] = None,
                  recompute: bool = False):
         super().__init__()

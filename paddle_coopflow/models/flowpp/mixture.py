@@ -16,10 +16,7 @@ Why "newton" does not reproduce "bisection" to 1e-4 in images: the reference dec
 with F = exp(logsumexp(...)) in float32, whose absolute error (~2e-7 near F = 1, and dependent
 on the tensor layout) moves its upper-tail roots by up to ~0.2 (0.02 s); the Newton method sums
 the small side of F directly and lands within a few float32 ulps of the float64 root.
-Paper config, 28 samples, 2 cores (bench/bench_flow_sampling.py): mixture inverses 82 s ->
-1.6 s, end to end 151 s -> 72 s (the coupling networks take the other ~70 s); max |image -
-exact inverse| 6.2e-3 for bisection, 9.7e-5 for newton, where moving every coupling output by
-one ulp already moves images by 5.5e-5.
+Speed and accuracy of both on the paper configuration: docs/speed.md, "Flow++ sampling".
 """
 from __future__ import annotations
 
@@ -251,7 +248,7 @@ def _newton_step(state, w, w_inv_s, slope, offset, t, sign, t_abs1, eps: float):
 
 
 def mixture_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tensor, log_scales: paddle.Tensor,
-                    method: str = "bisection") -> paddle.Tensor:
+                    method: str = "newton") -> paddle.Tensor:
     """x with MixLogCDF(x) = y, element-wise.
 
     Args:
@@ -272,7 +269,6 @@ def mixture_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tenso
 
 
 def check_inverse_method(method: str) -> None:
-    """Raise a one-line ValueError for a name not in INV_CDF_METHODS (naming the new name of 'fast')."""
+    """Raise a one-line ValueError for a name not in INV_CDF_METHODS."""
     if method not in INV_CDF_METHODS:
-        hint = " (the safeguarded Newton method formerly called 'fast' is 'newton')" if method == "fast" else ""
-        raise ValueError(f"unknown Flow.inverse_method {method!r}; choose one of {INV_CDF_METHODS}{hint}")
+        raise ValueError(f"unknown Flow.inverse_method {method!r}; choose one of {INV_CDF_METHODS}")

@@ -1,6 +1,6 @@
 """What a run produces besides checkpoints: sample grids, in-training FID and `best`, exported programs.
 
-Each function takes the :class:`~paddle_coopflow.engine.trainer.Trainer` and runs on rank 0 only.
+Each function takes the :class:`~paddle_coopflow.training.trainer.Trainer` and runs on rank 0 only.
 Sampling for grids and FID restores every RNG state afterwards, so outputs never change the numbers
 of the training run.
 """

@@ -115,7 +115,7 @@ def load_training_checkpoint(prefix: str, nets: Mapping[str, object],
 
 
 # What the trainer reads from a progress dict, and the type each must have.
-_PROGRESS = {"epoch": int, "batch_pos": int, "global_iter": int, "gstep": int, "counters": dict, "best": dict,
+_PROGRESS = {"epoch": int, "batch_pos": int, "global_iter": int, "samples_seen": int, "counters": dict, "best": dict,
              "rng": dict}
 
 

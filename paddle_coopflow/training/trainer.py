@@ -1,21 +1,21 @@
 """The training loop and its phases; one :class:`Trainer` runs every setting of the paper.
 
-    epochs [0, P)          phase 'pretrain'  flow maximum likelihood           (CoopFlow(Pre) step 1)
-    epochs [P, P + W)      phase 'warmup'    flow frozen, EBM trained          (CoopFlow(Pre) step 2)
-    epochs [P + W, end)    phase 'coop'      Algorithm 1                       (all settings)
+    epochs [0, P)          phase 'pretrain'     flow maximum likelihood      (CoopFlow(Pre) step 1)
+    epochs [P, P + W)      phase 'frozen_flow'  flow frozen, EBM trained     (CoopFlow(Pre) step 2)
+    epochs [P + W, end)    phase 'coop'         Algorithm 1                  (all settings)
 
 with P = Train.pretrain_epochs (0 when Train.init_flow loads a pre-trained flow), W =
-Train.warmup_epochs (+1 with Train.warmup_off_by_one, the official scripts' extra frozen epoch).
+Train.frozen_flow_epochs (+1 with Train.frozen_flow_off_by_one, the official scripts' extra frozen epoch).
 `Train.mode: flow_only | langevin_only` runs the two baselines instead (phase 'flow' / 'ebm').
 
-The flow's pre-training has its own optimizer. At the switch to the warm-up the cooperative learner
-starts with fresh optimizers for both nets (new Adam moments, the LR warm-up from gstep 0), as the
+The flow's pre-training has its own optimizer. At the switch to the frozen-flow phase the cooperative learner
+starts with fresh optimizers for both nets (new Adam moments, the LR warm-up from sample 0), as the
 official scripts do when they load a pre-trained flow into a new job.
 
 Stopping: SIGTERM/SIGINT finish the current iteration, save ``latest`` at that boundary and raise
-:class:`~paddle_coopflow.engine.signals.TrainingStopped`; a corrupt image met mid-run saves ``latest``
+:class:`~paddle_coopflow.training.signals.TrainingStopped`; a corrupt image met mid-run saves ``latest``
 and stops with a one-line error; a streak of non-finite steps, or a finite blow-up found by the health
-check (:mod:`~paddle_coopflow.engine.health`), never saves and names the last checkpoint written before it.
+check (:mod:`~paddle_coopflow.training.health`), never saves and names the last checkpoint written before it.
 """
 from __future__ import annotations
 
@@ -124,8 +124,8 @@ class Trainer:
         self.P = t.pretrain_epochs if coop and not t.init_flow else 0
         if coop and t.init_flow and t.pretrain_epochs:
             self._notes.append(f"Train.init_flow is set: the {t.pretrain_epochs} pre-training epochs are skipped")
-        self.W = (t.warmup_epochs + (1 if t.warmup_off_by_one and t.warmup_epochs else 0)) if coop else 0
-        self.total_epochs = self.P + (t.warmup_epochs if coop else 0) + t.coop_epochs
+        self.W = (t.frozen_flow_epochs + (1 if t.frozen_flow_off_by_one and t.frozen_flow_epochs else 0)) if coop else 0
+        self.total_epochs = self.P + (t.frozen_flow_epochs if coop else 0) + t.coop_epochs
 
     def _build_learners(self) -> None:
         """The learner of the run's mode, and one with its own flow optimizer for the pre-training phase."""
@@ -149,7 +149,7 @@ class Trainer:
                                   world_size=self.world_size)
 
     def phase_of(self, epoch: int) -> str:
-        """'pretrain' | 'warmup' | 'coop' (CoopFlow), 'flow' (flow_only) or 'ebm' (langevin_only)."""
+        """'pretrain' | 'frozen_flow' | 'coop' (CoopFlow), 'flow' (flow_only) or 'ebm' (langevin_only)."""
         t = self.cfg.Train
         if t.mode == "flow_only":
             return "flow"
@@ -157,7 +157,7 @@ class Trainer:
             return "ebm"
         if epoch < self.P:
             return "pretrain"
-        return "warmup" if epoch < self.P + self.W else "coop"
+        return "frozen_flow" if epoch < self.P + self.W else "coop"
 
     def _learner_for(self, phase: str):
         if phase == "pretrain":
@@ -166,14 +166,15 @@ class Trainer:
             self.pre_learner = None
             self.optims.pop("pre_flow", None)
             self.log.info(f"epoch {self.epoch + 1}: flow pre-training done; phase '{phase}' starts with fresh "
-                          "optimizers for both nets (new Adam moments, LR warm-up from gstep 0)")
+                          "optimizers for both nets (new Adam moments, LR warm-up from sample 0)")
         return self.learner
 
     # ------------------------------------------------------------------------------------------ state
     def _state(self) -> Dict:
         """Progress at the last completed iteration boundary (what a checkpoint records)."""
         return {"epoch": self.epoch, "batch_pos": self.batch_pos, "global_iter": self.global_iter,
-                "gstep": self.learner.gstep, "pre_gstep": self.pre_learner.gstep if self.pre_learner else None,
+                "samples_seen": self.learner.samples_seen,
+                "pre_samples_seen": self.pre_learner.samples_seen if self.pre_learner else None,
                 "phase": self.phase_of(min(self.epoch, self.total_epochs - 1)), "counters": dict(self.counters),
                 "best": dict(self.best), "epoch_bpd": list(self._epoch_bpd), "rng": self._boundary_rng,
                 "langevin_engine": dict(self.langevin_engine), "config": self.cfg.to_dict()}
@@ -211,9 +212,9 @@ class Trainer:
 
         s = load_training_checkpoint(prefix, {"flow": self.flow, "ebm": self.ebm}, optims_for)
         self.epoch, self.batch_pos, self.global_iter = s["epoch"], s["batch_pos"], s["global_iter"]
-        self.learner.gstep = s["gstep"]
+        self.learner.samples_seen = s["samples_seen"]
         if self.pre_learner is not None:
-            self.pre_learner.gstep = s.get("pre_gstep") or 0
+            self.pre_learner.samples_seen = s.get("pre_samples_seen") or 0
         self.counters.update(s["counters"])
         self.consecutive_nonfinite = 0  # a resumed run starts a new streak count
         self.last_saved = prefix        # good: it just loaded; named if the run fails before its next save
@@ -261,7 +262,7 @@ class Trainer:
 
         Raises:
             TrainingStopped: SIGTERM/SIGINT; ``latest`` was saved at the iteration boundary.
-            UserError: a streak of non-finite steps, a finite blow-up (engine/health.py), or a corrupt
+            UserError: a streak of non-finite steps, a finite blow-up (training/health.py), or a corrupt
                 image met mid-run (``latest`` saved).
         """
         try:
@@ -311,7 +312,7 @@ class Trainer:
                 if stop.requested or (t.max_iters and self.global_iter >= t.max_iters):
                     return
                 self._in_step = True
-                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "warmup",
+                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "frozen_flow",
                                            shard=ddp.shard_of(x, self.rank, self.world_size))
                 self.batch_pos += 1
                 self.global_iter += 1
