@@ -18,6 +18,10 @@ step size, no noise) and this writes under --out:
     table6.json         everything in the table below
 and prints the Markdown table: proxy FID and KID against the --test-dir images, the floor (1,000 real
 training images), iterations, wall time (train.log) and CPU time (stats.jsonl) of each run.
+
+A run that started from another run's checkpoint (CoopFlow(Pre): the flow-alone run's iteration 200, then
+cooperative) is given with --pretrained LABEL=RUN_DIR@ITER: its row counts ITER more iterations and that
+run's CPU and wall time up to ITER, and its curve starts with that run's points up to ITER.
 """
 from __future__ import annotations
 
@@ -56,7 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-npz", action="store_true", help="do not write the samples_LABEL.npz files")
+    p.add_argument("--pretrained", action="append", default=[], metavar="LABEL=RUN_DIR@ITER",
+                   help="run LABEL continued RUN_DIR's checkpoint of iteration ITER (counted in its row)")
     args = p.parse_args(argv)
+    args.pre = {}
+    for item in args.pretrained:
+        label, _, rest = item.partition("=")
+        run_dir, _, it = rest.rpartition("@")
+        if not it.isdigit() or not os.path.isfile(os.path.join(run_dir, "stats.jsonl")):
+            raise UserError(f"--pretrained {item!r}: expected LABEL=RUN_DIR@ITER with RUN_DIR/stats.jsonl")
+        args.pre[label] = (run_dir, int(it))
     runs = {}
     for item in args.run:
         label, _, run_dir = item.partition("=")
@@ -86,20 +99,24 @@ def draw(run_dir: str, num: int, seed: int):
     return out, it, cfg.Train.mode
 
 
-def run_times(run_dir: str) -> Dict[str, float]:
+def run_times(run_dir: str, until: int = 0) -> Dict[str, float]:
     """Wall seconds (first to last train.log line), process CPU seconds (the last stats.jsonl record of each
     process, summed over resumed processes: the iterations after a process's last log line are not counted)
-    and the in-training proxy FID curve [(iteration, FID, KID)]."""
-    stamps = []
+    and the in-training proxy FID curve [(iteration, FID, KID)]; with `until`, only up to that iteration."""
+    stamps, last_line = [], re.compile(rf"\biter {until}/") if until else None
     with open(os.path.join(run_dir, "train.log")) as f:
         for line in f:
             m = _STAMP.match(line)
             if m:
                 stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            if last_line is not None and last_line.search(line):
+                break
     done, cpu, curve = 0.0, 0.0, []   # process CPU seconds restart with each resumed process: sum the segments
     with open(os.path.join(run_dir, "stats.jsonl")) as f:
         for line in f:
             rec = json.loads(line)
+            if until and int(rec["step"]) > until:
+                break
             now = rec.get("time/process_cpu_s")
             if now is not None:
                 if now < cpu:
@@ -111,9 +128,18 @@ def run_times(run_dir: str) -> Dict[str, float]:
     return {"wall_s": wall, "cpu_s": done + cpu, "curve": curve}
 
 
+def with_pretraining(row: Dict, run_dir: str, it: int) -> Dict:
+    """A row of a run that continued `run_dir`'s checkpoint of iteration `it`: that part counted in."""
+    pre = run_times(run_dir, it)
+    row.update({"iterations": row["iterations"] + it, "wall_s": row["wall_s"] + pre["wall_s"],
+                "cpu_s": row["cpu_s"] + pre["cpu_s"], "pretrained": f"{run_dir}@{it}",
+                "curve": pre["curve"] + [(i + it, f, k) for i, f, k in row["curve"]]})
+    return row
+
+
 def grid_png(images: List[np.ndarray], path: str) -> None:
     """8x8 grids of uint8 NHWC images side by side (white gap), upscaled like the trainer's grids."""
-    from paddle_coopflow.engine.outputs import upscale
+    from paddle_coopflow.training.outputs import upscale
     from paddle_coopflow.logger import save_png, to_uint8_grid
 
     grids = [to_uint8_grid(x[:64].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0, nrow=8) for x in images]
@@ -162,6 +188,8 @@ def main(argv=None) -> int:
         grid_png([arrays["proposals"], arrays["images"]] if "proposals" in arrays else [arrays["images"]],
                  os.path.join(args.out, f"grid_{label}.png"))
         row = {"mode": mode, "iterations": it, "score": scorer.score(arrays["images"]), **run_times(run_dir)}
+        if label in args.pre:
+            row = with_pretraining(row, *args.pre[label])
         if "proposals" in arrays:
             row["score_proposals"] = scorer.score(arrays["proposals"])
         result["runs"][label] = row
