@@ -278,8 +278,7 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
         raise UserError(f"unknown program(s) {unknown}; choose from {list(PROGRAMS)}")
     c, h, w = _image_shape(cfg, flow, ebm)
     settings = sampler_settings(cfg)
-    img = InputSpec([None, c, h, w], "float32", "x")
-    zspec = InputSpec([None, c, h, w], "float32", "z")
+    img, zspec = InputSpec([None, c, h, w], "float32", "x"), InputSpec([None, c, h, w], "float32", "z")
     fl = _frozen_copy(flow) if flow is not None else None
     eb = _frozen_copy(ebm) if ebm is not None else None
 
@@ -308,8 +307,7 @@ def export_all(cfg, flow: Optional[nn.Layer], ebm: Optional[nn.Layer], out_dir: 
                         f"requested programs {list(programs)}")
 
     os.makedirs(out_dir, exist_ok=True)
-    out: Dict[str, str] = {}
-    meta: Dict[str, Dict] = {}
+    out, meta = {}, {}
     for name, layer, spec, inputs in wanted:
         model, params = export_layer(layer, spec, os.path.join(out_dir, name))
         out[name] = model

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["HealthCheck", "QUANTITIES", "count_nonfinite", "stop_on_blowup", "read_stats", "replay"]
+__all__ = ["HealthCheck", "QUANTITIES", "NonfiniteStreak", "stop_on_blowup", "read_stats", "replay"]
 
 # the watched quantities, and the train_step key of those that are one logged value
 QUANTITIES = ("clip", "energy", "langevin")
@@ -141,44 +141,51 @@ class HealthCheck:
                 f"({what[1]}) for {self.streak[name]} checks in a row")
 
 
-def count_nonfinite(tr, nonfinite: bool) -> None:
-    """The trainer's non-finite streak: count a skipped step; stop after Global.max_consecutive_nonfinite in a row.
+class NonfiniteStreak:
+    """Consecutive non-finite (skipped) steps; stops the run after `limit` in a row (Global.max_consecutive_nonfinite).
 
-    Raises:
-        UserError: one line naming the last checkpoint written before the streak.
+    A resumed run starts a new streak (a fresh object).
     """
-    if not nonfinite:
-        tr.consecutive_nonfinite = 0
-        return
-    tr.counters["nonfinite"] += 1
-    tr.consecutive_nonfinite += 1
-    tr.log.info(f"non-finite loss/energy/gradient at iter {tr.global_iter}: step skipped "
-                f"({tr.consecutive_nonfinite} in a row, {tr.counters['nonfinite']} total)")
-    if tr.consecutive_nonfinite >= tr.cfg.Global.max_consecutive_nonfinite:
-        last = tr.last_saved or "none saved yet"
-        raise UserError(f"{tr.consecutive_nonfinite} consecutive non-finite steps at iter {tr.global_iter}; "
-                        f"stopping. Last good checkpoint (written before the streak): {last} "
-                        "(lower the learning rate or step size and resume from it)")
+
+    def __init__(self, limit: int):
+        self.limit, self.count = int(limit), 0
+
+    def update(self, nonfinite: bool, step: int, total: int, last_saved: Optional[str], log) -> None:
+        """Count (or end) the streak after iteration `step`; `total` is the run's count of non-finite steps.
+
+        Raises:
+            UserError: one line naming the last checkpoint written before the streak.
+        """
+        if not nonfinite:
+            self.count = 0
+            return
+        self.count += 1
+        log.info(f"non-finite loss/energy/gradient at iter {step}: step skipped ({self.count} in a row, {total} total)")
+        if self.count >= self.limit:
+            raise UserError(f"{self.count} consecutive non-finite steps at iter {step}; stopping. Last good checkpoint "
+                            f"(written before the streak): {last_saved or 'none saved yet'} (lower the learning rate "
+                            "or step size and resume from it)")
 
 
-def stop_on_blowup(tr, means: Mapping[str, float], phase: str) -> None:
-    """The trainer's finite blow-up check on one log interval's means (``tr.health``).
+def stop_on_blowup(check: HealthCheck, means: Mapping[str, float], phase: str, step: int, world_size: int,
+                   last_saved: Optional[str], log) -> None:
+    """The finite blow-up check on one log interval's means (iteration `step`).
 
     Raises:
         UserError: one line naming the iteration, the quantity and the last checkpoint written before
-            (nothing is saved while a quantity is out of range: ``Trainer.save`` asks ``tr.health.suspect``).
+            (nothing is saved while a quantity is out of range: ``Trainer.save`` asks ``check.suspect``).
     """
-    msg = tr.health.update(tr.global_iter, means, phase)
-    if tr.world_size > 1:  # rank 0's stats decide, so that every rank stops at the same iteration
+    msg = check.update(step, means, phase)
+    if world_size > 1:  # rank 0's stats decide, so that every rank stops at the same iteration
         import paddle
         import paddle.distributed as dist
 
         flag = paddle.to_tensor([1 if msg else 0], dtype="int32")
         dist.broadcast(flag, src=0)
-        msg = (msg or f"finite blow-up at iteration {tr.global_iter} (found on rank 0)") if int(flag.item()) else None
+        msg = (msg or f"finite blow-up at iteration {step} (found on rank 0)") if int(flag.item()) else None
     if msg:
-        tr.log.info(msg)
-        raise UserError(f"{msg}; stopped. Last checkpoint before it: {tr.last_saved or 'none saved yet'} (resume "
+        log.info(msg)
+        raise UserError(f"{msg}; stopped. Last checkpoint before it: {last_saved or 'none saved yet'} (resume "
                         "from it with lower learning rates or -o Optimizer.ebm_energy_l2=..., docs/training.md)")
 
 

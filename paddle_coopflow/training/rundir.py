@@ -88,28 +88,31 @@ def truncate_stats(path: str, last_step: int) -> int:
     return dropped
 
 
-def open_run_dir(tr, resume: Optional[str]) -> None:
-    """Create or tidy the trainer's run directory (rank 0), open its logs and write what happened so far.
+def open_run_dir(cfg, run_dir: str, rank: int, global_iter: int, resume: Optional[str],
+                 notes: List[str]) -> RunLogger:
+    """Create or tidy the run directory (rank 0), open its logs and write `notes` and what this did.
 
-    Called only after the config, the data and any checkpoint to resume from have loaded.
+    Called only after the config, the data and any checkpoint to resume from have loaded; `global_iter`
+    is the iteration resumed from (stats.jsonl records after it are dropped).
     """
-    g = tr.cfg.Global
-    if tr.rank == 0:
-        if not resume and g.overwrite and holds_run(tr.run_dir):
-            dest = move_aside(tr.run_dir)
-            tr._notes.append(f"Global.overwrite: the previous run in {tr.run_dir} was moved to {dest}")
-        os.makedirs(tr.ckpt_dir, exist_ok=True)
-        for f in stale_temp_files(tr.ckpt_dir):
+    notes = list(notes)
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    if rank == 0:
+        if not resume and cfg.Global.overwrite and holds_run(run_dir):
+            notes.append(f"Global.overwrite: the previous run in {run_dir} was moved to {move_aside(run_dir)}")
+        os.makedirs(ckpt_dir, exist_ok=True)
+        for f in stale_temp_files(ckpt_dir):
             os.remove(f)
-            tr._notes.append(f"removed {f} (left by a save that was killed)")
+            notes.append(f"removed {f} (left by a save that was killed)")
         if resume:
-            n = truncate_stats(os.path.join(tr.run_dir, "stats.jsonl"), tr.global_iter)
+            n = truncate_stats(os.path.join(run_dir, "stats.jsonl"), global_iter)
             if n:
-                tr._notes.append(f"stats.jsonl: dropped {n} records after iter {tr.global_iter}")
-    tr.log = RunLogger(tr.run_dir, enabled=tr.rank == 0, use_visualdl=g.use_visualdl)
-    for line in tr._notes:
-        tr.log.info(line)
-    if tr.rank == 0:
-        with open(os.path.join(tr.run_dir, "config.yaml"), "w") as fh:
-            fh.write(tr.cfg.dump())
-        tr.log.info("resolved config:\n" + tr.cfg.dump())
+                notes.append(f"stats.jsonl: dropped {n} records after iter {global_iter}")
+    log = RunLogger(run_dir, enabled=rank == 0, use_visualdl=cfg.Global.use_visualdl)
+    for line in notes:
+        log.info(line)
+    if rank == 0:
+        with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+            fh.write(cfg.dump())
+        log.info("resolved config:\n" + cfg.dump())
+    return log

@@ -1,12 +1,4 @@
-"""The training loop and its phases; one :class:`Trainer` runs every setting of the paper.
-
-    epochs [0, P)          phase 'pretrain'     flow maximum likelihood      (CoopFlow(Pre) step 1)
-    epochs [P, P + W)      phase 'frozen_flow'  flow frozen, EBM trained     (CoopFlow(Pre) step 2)
-    epochs [P + W, end)    phase 'coop'         Algorithm 1                  (all settings)
-
-with P = Train.pretrain_epochs (0 when Train.init_flow loads a pre-trained flow), W =
-Train.frozen_flow_epochs (+1 with Train.frozen_flow_off_by_one, the official scripts' extra frozen epoch).
-`Train.mode: flow_only | langevin_only` runs the two baselines instead (phase 'flow' / 'ebm').
+"""The training loop; one :class:`Trainer` runs every setting of the paper, in the phases of phases.py.
 
 The flow's pre-training has its own optimizer. At the switch to the frozen-flow phase the cooperative learner
 starts with fresh optimizers for both nets (new Adam moments, the LR warm-up from sample 0), as the
@@ -37,6 +29,7 @@ from . import outputs
 from .checkpointing import (checkpoint_label, iter_prefix_name, load_training_checkpoint, prune,
                             save_training_checkpoint)
 from . import health
+from .phases import Phases
 from .rundir import holds_run, open_run_dir, refuse_existing
 from .signals import StopOnSignal, TrainingStopped
 
@@ -73,22 +66,10 @@ class Trainer:
         self._notes = [f"rank {self.rank}/{self.world_size} device {self.device} threads {self.threads} "
                        f"paddle {paddle.__version__}"]
 
-        seed_everything(g.seed)  # identical initialisation on every rank
-        self.flow = build_flow(cfg.Flow) if t.mode != "langevin_only" else None
-        self.ebm = build_ebm(cfg.EBM) if t.mode != "flow_only" else None
-        for name, net in (("flow", self.flow), ("ebm", self.ebm)):
-            if net is not None:
-                self._notes.append(f"{name}: {type(net).__name__} with {count_params(net):,} parameters")
-
-        from ..data import build_dataloader, build_dataset
-        from ..data.build import batches_per_epoch
-
-        self._build_loader = build_dataloader
-        self.dataset = build_dataset(cfg.Data, cfg.Data.split)
-        init = t.data_init_batches if self.flow is not None and not resume and not t.init_flow else 0
-        self.iters_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size, self.world_size,
-                                                 f"{cfg.Data.name} (split {cfg.Data.split})", init)
-        self._set_phases()
+        self._build_nets_and_data(resume)
+        self.phases = Phases.from_config(t)
+        if t.mode == "coopflow" and t.init_flow and t.pretrain_epochs:
+            self._notes.append(f"Train.init_flow is set: the {t.pretrain_epochs} pre-training epochs are skipped")
         self._build_learners()
         self.langevin_engine = {"config": cfg.Langevin.engine,
                                 "in_use": engine_in_use(self.learner.langevin_step)}
@@ -97,7 +78,8 @@ class Trainer:
 
         self.epoch, self.batch_pos, self.global_iter = 0, 0, 0
         self.counters = {"ebm_skipped": 0, "flow_skipped": 0, "nonfinite": 0}
-        self.consecutive_nonfinite, self.health = 0, health.HealthCheck(cfg.Health)
+        self.nonfinite = health.NonfiniteStreak(g.max_consecutive_nonfinite)
+        self.health = health.HealthCheck(cfg.Health)
         self.best = {"metric": None, "value": math.inf, "epoch": -1}
         self.last_saved: Optional[str] = None
         self._epoch_bpd: list = []
@@ -115,31 +97,42 @@ class Trainer:
         self._boundary_rng = ckpt.rng_state()
         self.fixed_noise = outputs.fixed_noise(cfg, self.flow, self.dataset)
         self.loss_nets = None
-        open_run_dir(self, resume)
+        self.log = open_run_dir(cfg, self.run_dir, self.rank, self.global_iter, resume, self._notes)
 
     # ------------------------------------------------------------------------------------------ set-up
-    def _set_phases(self) -> None:
-        t = self.cfg.Train
-        coop = t.mode == "coopflow"
-        self.P = t.pretrain_epochs if coop and not t.init_flow else 0
-        if coop and t.init_flow and t.pretrain_epochs:
-            self._notes.append(f"Train.init_flow is set: the {t.pretrain_epochs} pre-training epochs are skipped")
-        self.W = (t.frozen_flow_epochs + (1 if t.frozen_flow_off_by_one and t.frozen_flow_epochs else 0)) if coop else 0
-        self.total_epochs = self.P + (t.frozen_flow_epochs if coop else 0) + t.coop_epochs
+    def _build_nets_and_data(self, resume: Optional[str]) -> None:
+        """The networks (seeded identically on every rank), the dataset and the iterations per epoch."""
+        from ..data import build_dataloader, build_dataset
+        from ..data.build import batches_per_epoch
+
+        cfg, t = self.cfg, self.cfg.Train
+        seed_everything(cfg.Global.seed)
+        self.flow = build_flow(cfg.Flow) if t.mode != "langevin_only" else None
+        self.ebm = build_ebm(cfg.EBM) if t.mode != "flow_only" else None
+        for name, net in (("flow", self.flow), ("ebm", self.ebm)):
+            if net is not None:
+                self._notes.append(f"{name}: {type(net).__name__} with {count_params(net):,} parameters")
+        self._build_loader = build_dataloader
+        self.dataset = build_dataset(cfg.Data, cfg.Data.split)
+        init = t.data_init_batches if self.flow is not None and not resume and not t.init_flow else 0
+        self.iters_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size, self.world_size,
+                                                 f"{cfg.Data.name} (split {cfg.Data.split})", init)
 
     def _build_learners(self) -> None:
         """The learner of the run's mode, and one with its own flow optimizer for the pre-training phase."""
         from ..coopflow import CoopFlow, CoopFlowOptions
         from ..optim import build_optimizers
 
-        fo, eo = build_optimizers(self.cfg, self.flow, self.ebm)
-        self.optims = {k: (b, net) for k, b, net in (("flow", fo, self.flow), ("ebm", eo, self.ebm)) if b}
-        self.learner = CoopFlow(self.flow, self.ebm, fo, eo, CoopFlowOptions.from_config(self.cfg))
+        flow_optim, ebm_optim = build_optimizers(self.cfg, self.flow, self.ebm)
+        self.optims = {name: (optim, net) for name, optim, net in
+                       (("flow", flow_optim, self.flow), ("ebm", ebm_optim, self.ebm)) if optim}
+        self.learner = CoopFlow(self.flow, self.ebm, flow_optim, ebm_optim, CoopFlowOptions.from_config(self.cfg))
         self.pre_learner = None
-        if self.P > 0:
-            pfo, _ = build_optimizers(self.cfg, self.flow, None)
-            self.optims["pre_flow"] = (pfo, self.flow)
-            self.pre_learner = CoopFlow(self.flow, None, pfo, None, CoopFlowOptions.from_config(self.cfg, "flow_only"))
+        if self.phases.n_pretrain > 0:
+            pre_flow_optim, _ = build_optimizers(self.cfg, self.flow, None)
+            self.optims["pre_flow"] = (pre_flow_optim, self.flow)
+            self.pre_learner = CoopFlow(self.flow, None, pre_flow_optim, None,
+                                        CoopFlowOptions.from_config(self.cfg, "flow_only"))
 
     def _loader(self, epoch: int, start_batch: int):
         d, t = self.cfg.Data, self.cfg.Train
@@ -147,17 +140,6 @@ class Trainer:
                                   epoch=epoch, start_batch=start_batch, num_workers=d.num_workers,
                                   use_shared_memory=d.use_shared_memory, rank=self.rank,
                                   world_size=self.world_size)
-
-    def phase_of(self, epoch: int) -> str:
-        """'pretrain' | 'frozen_flow' | 'coop' (CoopFlow), 'flow' (flow_only) or 'ebm' (langevin_only)."""
-        t = self.cfg.Train
-        if t.mode == "flow_only":
-            return "flow"
-        if t.mode == "langevin_only":
-            return "ebm"
-        if epoch < self.P:
-            return "pretrain"
-        return "frozen_flow" if epoch < self.P + self.W else "coop"
 
     def _learner_for(self, phase: str):
         if phase == "pretrain":
@@ -175,7 +157,8 @@ class Trainer:
         return {"epoch": self.epoch, "batch_pos": self.batch_pos, "global_iter": self.global_iter,
                 "samples_seen": self.learner.samples_seen,
                 "pre_samples_seen": self.pre_learner.samples_seen if self.pre_learner else None,
-                "phase": self.phase_of(min(self.epoch, self.total_epochs - 1)), "counters": dict(self.counters),
+                "phase": self.phases.of(min(self.epoch, self.phases.total_epochs - 1)),
+                "counters": dict(self.counters),
                 "best": dict(self.best), "epoch_bpd": list(self._epoch_bpd), "rng": self._boundary_rng,
                 "langevin_engine": dict(self.langevin_engine), "config": self.cfg.to_dict()}
 
@@ -188,8 +171,8 @@ class Trainer:
         """
         if self.rank != 0:
             return None
-        if self.consecutive_nonfinite or self.health.suspect:
-            why = (f"{self.consecutive_nonfinite} non-finite steps in a row" if self.consecutive_nonfinite
+        if self.nonfinite.count or self.health.suspect:
+            why = (f"{self.nonfinite.count} non-finite steps in a row" if self.nonfinite.count
                    else f"the health check's {self.health.suspect} is out of range")
             self.log.info(f"not saving {name}: {why} (last checkpoint before: {self.last_saved or 'none'})")
             return None
@@ -205,7 +188,7 @@ class Trainer:
 
     def _resume(self, prefix: str) -> None:
         def optims_for(states: Dict) -> Dict:
-            if self.pre_learner is not None and states["epoch"] >= self.P:  # resumed after the pre-training
+            if self.pre_learner is not None and states["epoch"] >= self.phases.n_pretrain:  # pre-training is over
                 self.pre_learner = None
                 self.optims.pop("pre_flow", None)
             return self.optims
@@ -216,7 +199,6 @@ class Trainer:
         if self.pre_learner is not None:
             self.pre_learner.samples_seen = s.get("pre_samples_seen") or 0
         self.counters.update(s["counters"])
-        self.consecutive_nonfinite = 0  # a resumed run starts a new streak count
         self.last_saved = prefix        # good: it just loaded; named if the run fails before its next save
         self.best = s["best"]
         self._epoch_bpd = list(s.get("epoch_bpd", []))
@@ -282,7 +264,7 @@ class Trainer:
                 if lr is not None:
                     lr.loss_flow, lr.loss_ebm = self.loss_nets
         self._boundary_rng = ckpt.rng_state()
-        self.log.info(f"{self.total_epochs} epochs x {self.iters_per_epoch} iterations "
+        self.log.info(f"{self.phases.total_epochs} epochs x {self.iters_per_epoch} iterations "
                       f"(batch {t.batch_size} x {self.world_size} ranks); run dir {self.run_dir}")
         with StopOnSignal() as stop:
             try:
@@ -302,17 +284,20 @@ class Trainer:
 
     def _run_epochs(self, stop: StopOnSignal) -> None:
         t, g = self.cfg.Train, self.cfg.Global
-        total_iters = self.total_epochs * self.iters_per_epoch
+        total_iters = self.phases.total_epochs * self.iters_per_epoch
         agg: Dict[str, list] = {}
-        clock = {"t": time.time(), "it": self.global_iter, "t0": time.time(), "it0": self.global_iter}
-        while self.epoch < self.total_epochs:
-            phase = self.phase_of(self.epoch)
+        now = time.time()
+        clock = {"process_start": now, "process_start_iter": self.global_iter,
+                 "interval_start": now, "interval_start_iter": self.global_iter}
+        while self.epoch < self.phases.total_epochs:
+            phase = self.phases.of(self.epoch)
             learner = self._learner_for(phase)
             for x, _ in self._loader(self.epoch, self.batch_pos):
                 if stop.requested or (t.max_iters and self.global_iter >= t.max_iters):
                     return
                 self._in_step = True
-                stats = learner.train_step(x, self.epoch - self.P, self.batch_pos, frozen_flow=phase == "frozen_flow",
+                stats = learner.train_step(x, self.epoch - self.phases.n_pretrain, self.batch_pos,
+                                           frozen_flow=phase == "frozen_flow",
                                            shard=ddp.shard_of(x, self.rank, self.world_size))
                 self.batch_pos += 1
                 self.global_iter += 1
@@ -320,7 +305,9 @@ class Trainer:
                 self._in_step = False
                 self._account(stats, agg)
                 if self.global_iter % g.log_interval == 0:
-                    health.stop_on_blowup(self, outputs.log_interval(self, phase, agg, clock, total_iters), phase)
+                    means = outputs.log_interval(self, phase, agg, clock, total_iters)
+                    health.stop_on_blowup(self.health, means, phase, self.global_iter, self.world_size,
+                                          self.last_saved, self.log)
                     agg = {}
                 outputs.periodic(self, phase)
             self.epoch += 1
@@ -361,7 +348,9 @@ class Trainer:
     def _account(self, stats: Dict, agg: Dict) -> None:
         for k in ("ebm_skipped", "flow_skipped"):
             self.counters[k] += int(bool(stats.get(k, False)))
-        health.count_nonfinite(self, bool(stats.get("nonfinite")))
+        nonfinite = bool(stats.get("nonfinite"))
+        self.counters["nonfinite"] += int(nonfinite)
+        self.nonfinite.update(nonfinite, self.global_iter, self.counters["nonfinite"], self.last_saved, self.log)
         for k, v in stats.items():
             if k in outputs.TAGS and isinstance(v, float):
                 agg.setdefault(k, []).append(v)
@@ -382,9 +371,7 @@ class Trainer:
             bpd = float(np.mean(self._epoch_bpd))
             self._epoch_bpd = []
             self.log.record(self.global_iter, {"train/epoch_bpd": bpd, "epoch": self.epoch})
-            if bpd < self.best["value"]:
-                self.best = {"metric": "train_bpd", "value": bpd, "epoch": self.epoch}
-                outputs.link_best(self)
+            self._keep_if_best("train_bpd", bpd)
 
     # ------------------------------------------------------------------------------------------ outputs
     def sample_grid(self) -> Optional[str]:
@@ -392,5 +379,22 @@ class Trainer:
         return outputs.sample_grid(self)
 
     def evaluate_fid(self) -> Optional[float]:
-        """In-training FID; may select `best` (see :func:`outputs.evaluate_fid`)."""
-        return outputs.evaluate_fid(self)
+        """In-training FID (rank 0) of the current nets; a new lowest value makes this checkpoint `best`.
+
+        Called after the checkpoint of this iteration is saved, so a failing FID never loses it.
+        """
+        if self.rank != 0:
+            return None
+        metric, value = outputs.evaluate_fid(self.fid, self.flow, self.ebm, self.run_dir, self.log, self.global_iter)
+        self._keep_if_best(metric, value)
+        return value
+
+    def _keep_if_best(self, metric: str, value: float) -> None:
+        """Record a new lowest `metric` and point ``ckpt/best`` at a checkpoint of this iteration."""
+        if not value < self.best["value"]:
+            return
+        self.best = {"metric": metric, "value": value, "epoch": self.epoch, "iter": self.global_iter}
+        prefix = self.save(iter_prefix_name(self.global_iter))
+        if prefix:
+            ckpt.link_checkpoint(prefix, os.path.join(self.ckpt_dir, "best"))
+            self.log.info(f"best {metric} = {value:.4f}: {prefix} -> best")

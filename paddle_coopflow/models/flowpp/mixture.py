@@ -186,14 +186,14 @@ def _newton_inv_cdf(y: paddle.Tensor, logits: paddle.Tensor, means: paddle.Tenso
     yf = y.reshape([-1, 1])
     w = F.softmax(_flat_k_last(logits), axis=-1)
     mu = _flat_k_last(means)
-    ls = _flat_k_last(log_scales)
+    log_s = _flat_k_last(log_scales)
     t = paddle.log(yf) - paddle.log(1.0 - yf)                # logit(y); 1 - y is exact for y >= 1/2
     sign = paddle.where(yf > 0.5, paddle.full_like(yf, -1.0), paddle.full_like(yf, 1.0))
-    inv_s = paddle.exp(-ls)
+    inv_s = paddle.exp(-log_s)
     slope = inv_s * sign                                       # z = slope * x - offset = sign (x - mu)/s
     offset = mu * slope
     w_inv_s = w * inv_s
-    q = mu + paddle.exp(ls) * t
+    q = mu + paddle.exp(log_s) * t
     lb, ub = q.min(axis=-1, keepdim=True), q.max(axis=-1, keepdim=True)
     x = (w * q).sum(axis=-1, keepdim=True)
     t_abs1 = t.abs() + 1.0
