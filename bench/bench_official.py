@@ -454,7 +454,9 @@ def check(args, cfg) -> int:
 
 # -------------------------------------------------------------------------------------------- main
 def _engine(learner) -> str:
-    return "static" if hasattr(learner.langevin_step, "static") else "dygraph"
+    from paddle_coopflow.accel import engine_in_use
+
+    return engine_in_use(learner.langevin_step)
 
 
 def table(args, cfg, batch: int, res: Dict) -> str:

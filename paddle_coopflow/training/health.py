@@ -186,7 +186,7 @@ def stop_on_blowup(check: HealthCheck, means: Mapping[str, float], phase: str, s
     if msg:
         log.info(msg)
         raise UserError(f"{msg}; stopped. Last checkpoint before it: {last_saved or 'none saved yet'} (resume "
-                        "from it with lower learning rates or -o Optimizer.ebm_energy_l2=..., docs/training.md)")
+                        "from it with lower learning rates, docs/training.md)")
 
 
 def read_stats(path: str) -> List[Tuple[int, Dict[str, float], str]]:
