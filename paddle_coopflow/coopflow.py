@@ -363,14 +363,14 @@ class CoopFlow:
             norm = float("nan")
         value = float(loss.item())
         out.update({"flow_nll": value, "flow_bpd": value / (d * math.log(2.0)), "flow_grad_norm": norm,
-                    "lr_flow": self.flow_optim.lr(), "finite": _finite(value, norm) if update else True})
+                    "finite": _finite(value, norm) if update else True})
         return out
 
     def _flow_only_step(self, x_data: paddle.Tensor, shard: Shard) -> Dict[str, float]:
         """Baseline: Flow++ maximum likelihood on the data (clip/skip as for the flow in CoopFlow)."""
         self.flow.train()
         self._clear_grads()
-        stats = self._flow_backward(x_data, True, shard)
+        stats = {"lr_flow": self.flow_optim.lr(), **self._flow_backward(x_data, True, shard)}
         ok = stats.pop("finite")
         go = ok and (self.opts.flow_skip_norm is None or stats["flow_grad_norm"] < self.opts.flow_skip_norm)
         self._take_steps(False, go, int(x_data.shape[0]))

@@ -111,7 +111,9 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
 
     Args:
         ebm: f_θ, maps [N, ...] → [N]. Used in whatever train/eval mode it is in.
-        x: [N, C, H, W] (or [N, D]) starting points x̂, e.g. in [-1, 1].  n_steps: T ≥ 0.  step_size: s.
+        x: [N, C, H, W] (or [N, D]) starting points x̂, e.g. in [-1, 1].
+        n_steps: T ≥ 0.
+        step_size: s.
         delta_clip: δ bound on the gradient term (official 0.1); None disables.
         image_clip: (lo, hi) image clip after each step (official (-1, 1)); None disables.
         noise_std: σ_noise multiplying s·ε (0 = the official deterministic sampler).
@@ -130,13 +132,9 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
     Returns:
         x̃ [N, ...] (and the stats dict if return_stats).
     """
-    if n_steps < 0:
-        raise ValueError(f"Langevin n_steps must be >= 0, got {n_steps}")
-    if noise is not None and noise_std > 0.0:
-        expected = [n_steps] + list(x.shape)
-        if list(noise.shape) != expected:
-            raise ValueError(f"Langevin noise has shape {list(noise.shape)}, expected [T, *x.shape] = {expected}")
-    if differentiable and x.stop_gradient:  # nothing upstream to reach; still build a graph for 2nd order
+    _check_inputs(x, n_steps, noise, noise_std)
+    if differentiable and x.stop_gradient:
+        # Nothing upstream to reach; still build a graph so second-order terms exist.
         x = x.clone()
         x.stop_gradient = False
     step_fn = langevin_step if step is None else step
@@ -159,6 +157,16 @@ def langevin_flow(ebm: nn.Layer, x: paddle.Tensor, n_steps: int, step_size: floa
     if not return_stats:
         return x
     return x, _flow_stats(x0, x, f_first, f_last, clip_count, n_steps)
+
+
+def _check_inputs(x: paddle.Tensor, n_steps: int, noise: Optional[paddle.Tensor], noise_std: float) -> None:
+    """One-line ValueErrors for a negative T and pre-drawn noise of the wrong shape."""
+    if n_steps < 0:
+        raise ValueError(f"Langevin n_steps must be >= 0, got {n_steps}")
+    if noise is not None and noise_std > 0.0:
+        expected = [n_steps] + list(x.shape)
+        if list(noise.shape) != expected:
+            raise ValueError(f"Langevin noise has shape {list(noise.shape)}, expected [T, *x.shape] = {expected}")
 
 
 def _flow_stats(x0, xt, f_first, f_last, clip_count, n_steps) -> Dict[str, float]:

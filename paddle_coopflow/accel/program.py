@@ -110,7 +110,6 @@ class ProgramCache:
             layer, spec = make()
             self.programs[key] = (label, self.compile(layer, spec))
         except Exception as err:  # noqa: BLE001 — any failure means "use dygraph", by design
-            self.programs[key] = None
             self.fail(key, label, err)
             return None
         out = self.call(key, inputs)
@@ -119,7 +118,6 @@ class ProgramCache:
         try:
             check(out, reference())
         except Exception as err:  # noqa: BLE001
-            self.programs[key] = None
             self.fail(key, label, err)
             return None
         self.n_compiled += 1
@@ -146,7 +144,6 @@ class ProgramCache:
             with paddle.set_grad_enabled(self.grad) if self.grad is not None else contextlib.nullcontext():
                 return detached(entry[1](*inputs))
         except Exception as err:  # noqa: BLE001
-            self.programs[key] = None
             self.fail(key, entry[0], err)
             return None
         finally:
@@ -156,6 +153,8 @@ class ProgramCache:
                 p.stop_gradient = s
 
     def fail(self, key: tuple, label: str, err: Exception) -> None:
+        """`key` uses dygraph from now on: log one line, or raise when the cache is strict."""
+        self.programs[key] = None
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         msg = f"static {self.what} ({label}) unavailable for {key[:2]}: {type(err).__name__}: {text}"
         if self.strict:

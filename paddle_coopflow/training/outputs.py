@@ -161,4 +161,4 @@ def export_final(trainer) -> None:
             trainer.log.info(f"exported the best checkpoint to {out.rstrip('/')}_best")
     except Exception as err:  # the checkpoints are safe; export can be redone with tools/export_model.py
         trainer.log.info(f"export failed ({type(err).__name__}: {err}); run tools/export_model.py -c ... "
-                    f"--ckpt {os.path.join(trainer.ckpt_dir, 'latest')} after fixing it")
+                         f"--ckpt {os.path.join(trainer.ckpt_dir, 'latest')} after fixing it")
