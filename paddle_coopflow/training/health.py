@@ -26,7 +26,7 @@ Langevin.delta_clip is null). Out-of-range checks never enter the
 reference, so a runaway is measured against the state before it; the floors keep tiny early values
 (f ≈ 0, chains that barely move) from counting as growth; the patience ignores single spikes (one
 batch with a far-out proposal). The reference restarts when the training phase changes (the flow's
-pre-training, the warm-up and cooperation see different quantities) and when a run is resumed.
+pre-training, the frozen-flow and the cooperative phases see different quantities) and when a run is resumed.
 
 :func:`replay` runs the rule over a ``stats.jsonl`` to check a run after the fact::
 
