@@ -61,6 +61,7 @@ class CoopFlowOptions:
     mode: str = _key("Train")                       # see MODES; the pre-training phase passes 'flow_only'
     n_update_flow: int = _key("Train")              # flow updates on iterations with it % n == 0
     sample_flow_train_mode: bool = _key("Train")    # propose with the flow in train mode (official: dropout on)
+    update_engine: str = _key("Train")              # the updates' engine (accel.make_ebm_loss, make_train_convs)
     flow_waits_for_ebm: bool = _key("Train")        # step the flow only if the EBM stepped (false: main_cifar)
     n_steps: int = _key("Langevin")                 # T
     step_size: float = _key("Langevin")             # s during training
@@ -185,6 +186,16 @@ class CoopFlow:
             from .accel import make_langevin_step
 
             self.langevin_step = make_langevin_step(ebm, options.engine)
+        # The flow's training convolutions (eq. 6) and eq. (2)'s loss and parameter gradients in the engine
+        # Train.update_engine chooses (the same way).
+        if flow is not None and hasattr(flow, "set_update_engine"):
+            flow.set_update_engine(options.update_engine)
+        self.ebm_loss: Callable = ebm_ml_loss
+        if ebm is not None:
+            from .accel import make_ebm_loss
+
+            self.ebm_loss = make_ebm_loss(ebm, ebm_ml_loss, options.update_engine,
+                                          energy_grad=options.ebm_energy_l2 > 0)
 
     # ----------------------------------------------------------------------------------- sampling
     @paddle.no_grad()
@@ -322,7 +333,7 @@ class CoopFlow:
         Returns {ebm_loss (eq. 2), f_data, f_revised (means), grad_norm (pre-clip), finite, and
         ebm_energy_l2 (the guard's penalty) when the guard is on}.
         """
-        loss, f_data, f_rev = ebm_ml_loss(self.loss_ebm or self.ebm, x_data, x_rev)
+        loss, f_data, f_rev = self.ebm_loss(self.loss_ebm or self.ebm, x_data, x_rev)
         total, out = loss, {}
         if self.opts.ebm_energy_l2 > 0:
             penalty = ebm_energy_l2_penalty(f_data, f_rev, self.opts.ebm_energy_l2)

@@ -111,6 +111,28 @@ def test_hand_written_input_gradient_equals_paddle_grad_in_float64(size):
     assert float(np.abs(g_ref.numpy()).max()) > 1e-6          # a gradient worth comparing
 
 
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_hand_written_parameter_gradients_equal_paddle_grad_in_float64(size):
+    """EBMRes.energy_and_param_grads (forward ops only) against paddle.grad of Σ seed·f for every parameter,
+    with eq. (2)'s seeds (−1/B on data, +1/M on revisions) and with arbitrary ones."""
+    paddle.seed(6)
+    net = EBMRes(3, 4, size)
+    net.to(dtype="float64")
+    rng = np.random.RandomState(1)
+    x = paddle.to_tensor(rng.uniform(-1, 1, (5, 3, size, size)))
+    for seed in (np.array([-0.5, -0.5, 1 / 3, 1 / 3, 1 / 3]), rng.normal(size=5)):
+        seed = paddle.to_tensor(seed)
+        f_ref = net(x)
+        g_ref = paddle.grad([(f_ref * seed).sum()], net.parameters())
+        for adjoint in (None, net.adjoint_weights()):
+            f, grads = net.energy_and_param_grads(x, seed, adjoint)
+            np.testing.assert_allclose(f.numpy(), f_ref.numpy(), rtol=1e-12)
+            assert [list(g.shape) for g in grads] == [list(p.shape) for p in net.parameters()]
+            for g, r in zip(grads, g_ref):
+                np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-9, atol=1e-12 * float(np.abs(r.numpy()).max()))
+    assert min(float(np.abs(r.numpy()).max()) for r in g_ref[:-1]) > 1e-6   # gradients worth comparing
+
 def test_parts_are_found_by_name_and_manual_gradient_support():
     net = EBMRes(3, 4, 32)
     assert net.stem is net.f[0] and net.head is net.f[5] and net.blocks == [net.f[2], net.f[3], net.f[4]]

@@ -82,6 +82,14 @@ def _conv_input_grad(conv: nn.Conv2D, g: paddle.Tensor, w_adj: paddle.Tensor) ->
     return F.conv2d(g, w_adj, None, stride=1, padding=conv._padding)
 
 
+def _conv_param_grads(x: paddle.Tensor, g: paddle.Tensor, padding) -> List[paddle.Tensor]:
+    """[∂W, ∂b] of Σ⟨g, conv(x)⟩ for a stride-1 conv, forward ops only: with batch and channels swapped,
+    ∂W[o, i] = Σ_n corr(x[n, i], g[n, o]) is a conv of xᵀ [in, N, H, W] with gᵀ [out, N, H', W'] as kernel."""
+    gt = g.transpose([1, 0, 2, 3])
+    dw = F.conv2d(x.transpose([1, 0, 2, 3]), gt, None, stride=1, padding=padding).transpose([1, 0, 2, 3])
+    return [dw, gt.reshape([0, -1]).sum(axis=1)]
+
+
 def _swish_parts(h: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
     """swish(h) = h·σ(h) and σ(h), kept for the derivative."""
     s = F.sigmoid(h)
@@ -144,11 +152,25 @@ class EBMBlock(nn.Layer):
 
         adjoint: this block's :meth:`adjoint_weights`.
         """
+        return self._backward(g, saved, adjoint)[0]
+
+    def _backward(self, g: paddle.Tensor, saved: tuple, adjoint: Sequence[paddle.Tensor]):
+        """(∂/∂x, ∂/∂conv1-output, 4·∂/∂conv2-output, 4·∂/∂res-output): the 1/4 of the pool is in adjoint."""
         a1, s1, ah, sh, ar, sr = saved
         w1, w2, wr = adjoint
         gp = _avgpool_input_grad(g)
-        g_c1 = _conv_input_grad(self.conv2, gp * _dswish(ah, sh), w2) * _dswish(a1, s1)
-        return _conv_input_grad(self.conv1, g_c1, w1) + _conv_input_grad(self.res, gp * _dswish(ar, sr), wr)
+        u2, ur = gp * _dswish(ah, sh), gp * _dswish(ar, sr)
+        g_c1 = _conv_input_grad(self.conv2, u2, w2) * _dswish(a1, s1)
+        return _conv_input_grad(self.conv1, g_c1, w1) + _conv_input_grad(self.res, ur, wr), g_c1, u2, ur
+
+    def param_grads(self, x: paddle.Tensor, g: paddle.Tensor, saved: tuple, adjoint: Sequence[paddle.Tensor]
+                    ) -> Tuple[paddle.Tensor, List[paddle.Tensor]]:
+        """(∂⟨g, forward(x)⟩/∂x, [∂W, ∂b of conv1, conv2, res]), forward ops only; x is the block's input."""
+        g_in, g_c1, u2, ur = self._backward(g, saved, adjoint)
+        a1 = saved[0]
+        grads = (_conv_param_grads(x, g_c1, self.conv1._padding) + _conv_param_grads(a1, 0.25 * u2, self.conv2._padding)
+                 + _conv_param_grads(x, 0.25 * ur, self.res._padding))
+        return g_in, grads
 
 
 def _sum_head(out: paddle.Tensor) -> paddle.Tensor:
@@ -253,6 +275,36 @@ class EBMRes(nn.Layer):
         for i in reversed(range(len(blocks))):
             g = blocks[i].input_grad(g, saved[i], adj[1 + 3 * i: 4 + 3 * i])
         return f, _conv_input_grad(self.stem, g * _dswish(a0, s0), adj[0])
+
+
+    def energy_and_param_grads(self, x: paddle.Tensor, seed: paddle.Tensor,
+                               adjoint: Optional[Sequence[paddle.Tensor]] = None
+                               ) -> Tuple[paddle.Tensor, List[paddle.Tensor]]:
+        """f(x) [N] and ∂(Σ_n seed_n f(x_n))/∂θ for every parameter, in ``self.parameters()`` order, with
+        forward ops only (needs supports_manual_grad()). The EBM loss of eq. (2) is this sum with
+        seed = −1/B on the data and +1/M on the revisions. Equals paddle.grad to float rounding
+        (tests/test_ebm.py, float64).
+
+        Args:
+            x: [N, C, H, W]; seed: [N].
+            adjoint: :meth:`adjoint_weights`, or None to derive them here.
+        """
+        adj = list(adjoint) if adjoint is not None else self.adjoint_weights()
+        a0, s0 = _swish_parts(_apply_conv(self.stem, x))
+        inputs, a, saved = [], a0, []
+        for block in self.blocks:
+            inputs.append(a)
+            a, cache = block.forward_saving(a)
+            saved.append(cache)
+        head_out = _apply_conv(self.head, a)
+        f = _sum_head(head_out)
+        s = seed.reshape([-1, 1, 1, 1])
+        head = _conv_param_grads(a, paddle.expand_as(s, head_out), self.head._padding)
+        g, grads = s * adj[-1], []
+        for i in reversed(range(len(self.blocks))):
+            g, block_grads = self.blocks[i].param_grads(inputs[i], g, saved[i], adj[1 + 3 * i: 4 + 3 * i])
+            grads = block_grads + grads
+        return f, _conv_param_grads(x, g * _dswish(a0, s0), self.stem._padding) + grads + head
 
 
 class EBMPlain(nn.Layer):

@@ -21,6 +21,7 @@ from .dequant import Dequantization, uniform_dequantize
 from .inv_conv import InvConv
 from .mixture import check_inverse_method
 from .splits import channelwise, channelwise_inverse, checkerboard, checkerboard_inverse, squeeze, unsqueeze
+from .weight_norm import WeightNormConv2D
 
 
 def _step(channels: int, coupling_kwargs: dict) -> list:
@@ -161,6 +162,7 @@ class FlowPlusPlus(nn.Layer):
             mid_channels=mid_channels, num_blocks=num_blocks, num_components=num_components,
             drop_prob=drop_prob, use_attn=use_attn, inverse_method=inverse_method))
         self.set_coupling_engine(coupling_engine)
+        self.update_engine = "dygraph"   # the training convolutions' engine: set_update_engine
         self.set_recompute(recompute)
 
     def set_recompute(self, on: bool) -> None:
@@ -178,6 +180,17 @@ class FlowPlusPlus(nn.Layer):
             if isinstance(m, Coupling):
                 m.static_nn = make_coupling_nn(m.nn, engine)
         self.coupling_engine = engine
+
+    def set_update_engine(self, engine: str) -> None:
+        """Engine of the 3×3 convolutions in training mode (Train.update_engine: 'auto', 'static' or 'dygraph';
+        paddle_coopflow/accel/conv.py), main and dequantization flows: one runner shared by all of them."""
+        from ...accel.conv import make_train_convs
+
+        convs = make_train_convs(engine)
+        for m in self.sublayers():
+            if isinstance(m, WeightNormConv2D):
+                m.train_convs = convs if list(m.weight_v.shape[2:]) == [3, 3] else None
+        self.update_engine = engine
 
     @classmethod
     def from_config(cls, cfg: Any) -> "FlowPlusPlus":

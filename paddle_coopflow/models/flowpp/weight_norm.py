@@ -63,6 +63,9 @@ class WeightNormConv2D(nn.Layer):
         _init_gain(self.weight_g, self.weight_v, (1, 2, 3))
         self.bias = (self.create_parameter([out_channels], attr=torch_default_attr(fan_in), is_bias=True)
                      if bias else None)
+        # The convolution runner in training mode (FlowPlusPlus.set_update_engine: the oneDNN programs of
+        # paddle_coopflow/accel/conv.py), or None for F.conv2d; a plain attribute, not a sublayer.
+        self.train_convs = None
 
     @property
     def weight(self) -> paddle.Tensor:
@@ -70,7 +73,10 @@ class WeightNormConv2D(nn.Layer):
         return weight_norm_weight(self.weight_g, self.weight_v, (1, 2, 3))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        out = F.conv2d(x, self.weight, padding=self.padding)
+        if self.train_convs is not None and self.training and paddle.in_dynamic_mode():
+            out = self.train_convs(x, self.weight, self.padding)
+        else:
+            out = F.conv2d(x, self.weight, padding=self.padding)
         # The bias as [C, 1, 1]: F.conv2d adds it as [1, C, 1, 1], which Paddle broadcasts (forward and
         # gradient) ~10x slower (docs/paddle_notes.md, "Slow broadcasts and reductions along inner axes").
         return out if self.bias is None else out + self.bias.reshape([-1, 1, 1])
