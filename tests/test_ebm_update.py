@@ -90,6 +90,15 @@ def test_gradients_accumulate_and_scale_like_autograd(ebm):
     loss.backward()
     for p, g in zip(ebm.parameters(), once):
         np.testing.assert_allclose(p.grad.numpy(), 5.0 * g, rtol=1e-5, atol=1e-7 * float(np.abs(g).max()) + 1e-12)
+    # a frozen parameter gets no gradient, the others theirs
+    for p in ebm.parameters():
+        p.clear_gradient()
+    frozen = ebm.parameters()[0]
+    frozen.stop_gradient = True
+    loss, _, _ = static(ebm, x_data, x_rev)
+    loss.backward()
+    assert frozen.grad is None or not np.any(frozen.grad.numpy())
+    np.testing.assert_allclose(ebm.parameters()[2].grad.numpy(), once[2], rtol=1e-6, atol=1e-12)
 
 
 def test_dispatch_rules(ebm, caplog):

@@ -57,13 +57,13 @@ class _GradsToParams(PyLayer):
 
     @staticmethod
     def forward(ctx, loss, grads, *params):
-        ctx.grads = grads
+        ctx.grads = [None if p.stop_gradient else g for p, g in zip(params, grads)]   # frozen: None
         return loss.clone()
 
     @staticmethod
     def backward(ctx, upstream):
         # None for the loss value and for the list of gradients (one input to PyLayer; both stop_gradient)
-        return (None, None) + tuple(upstream * g for g in ctx.grads)
+        return (None, None) + tuple(None if g is None else upstream * g for g in ctx.grads)
 
 
 class StaticEBMLoss:
