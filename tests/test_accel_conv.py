@@ -11,7 +11,8 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from paddle_coopflow.accel.conv import TrainConvs, conv_forward, conv_input_grad, conv_weight_grad, make_train_convs
+from paddle_coopflow.accel.conv import TrainConvs, conv_forward, make_train_convs
+from paddle_coopflow.models.conv_grads import conv_input_grad, conv_weight_grad
 from paddle_coopflow.models.flowpp import FlowPlusPlus
 from paddle_coopflow.models.flowpp.weight_norm import WeightNormConv2D
 from paddle_coopflow.utils.env import onednn_cpu

@@ -2,13 +2,7 @@
 
 Paddle's dygraph convolutions do not use oneDNN (im2col + GEMM, one image at a time), and a to_static
 program with gradient ops segfaults under oneDNN (docs/paddle_notes.md). A stride-1 convolution and both
-of its gradients are forward convolutions, though:
-
-- forward:          y = conv(x, W, padding p)
-- input gradient:   ∂x = conv(∂y, W transposed [in, out] and flipped, padding k − 1 − p)
-- weight gradient:  ∂W = conv(xᵀ, ∂yᵀ, padding p)ᵀ, with batch and channels swapped (ᵀ: axes 0 ↔ 1)
-
-so :class:`TrainConvs` runs each as its own small oneDNN program (one per kind and shapes) inside a
+of its gradients are forward convolutions, though (models/conv_grads.py), so :class:`TrainConvs` runs each as its own small oneDNN program (one per kind and shapes) inside a
 :class:`~paddle.autograd.PyLayer`; the rest of the flow's training pass stays in dygraph. Only the 3×3
 convolutions of the coupling networks use it (``WeightNormConv2D``; the 1×1 ones are as fast in dygraph).
 The results agree with Paddle's dygraph convolution to float32 rounding (other kernels, other summation
@@ -29,12 +23,12 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
+from ..models.conv_grads import conv_input_grad, conv_weight_grad
 from ..utils.env import onednn_cpu
-from .program import ENGINES, ProgramCache, detached
+from .program import CPU_FLAGS, ENGINES, ProgramCache, detached
 
-__all__ = ["KINDS", "TrainConvs", "make_train_convs", "conv_forward", "conv_input_grad", "conv_weight_grad"]
+__all__ = ["KINDS", "TrainConvs", "make_train_convs", "conv_forward"]
 
-CPU_FLAGS = MappingProxyType({"FLAGS_use_onednn": True, "FLAGS_new_executor_serial_run": True})
 VERIFY_RTOL = 1e-4   # first-run check: max |static − dygraph| ≤ VERIFY_RTOL · max |dygraph|
 _log = logging.getLogger("paddle_coopflow.accel.conv")
 
@@ -42,18 +36,6 @@ _log = logging.getLogger("paddle_coopflow.accel.conv")
 def conv_forward(x: paddle.Tensor, w: paddle.Tensor, padding: int) -> paddle.Tensor:
     """y = conv(x [N, in, H, W], w [out, in, k, k]), stride 1: [N, out, H', W']."""
     return F.conv2d(x, w, None, stride=1, padding=padding)
-
-
-def conv_input_grad(g: paddle.Tensor, w: paddle.Tensor, padding: int) -> paddle.Tensor:
-    """∂⟨g, conv(x, w)⟩/∂x from g [N, out, H', W']: a conv with w transposed and flipped, padding k − 1 − p."""
-    k = int(w.shape[2])
-    return F.conv2d(g, paddle.flip(w.transpose([1, 0, 2, 3]), [2, 3]), None, stride=1, padding=k - 1 - padding)
-
-
-def conv_weight_grad(x: paddle.Tensor, g: paddle.Tensor, padding: int) -> paddle.Tensor:
-    """∂⟨g, conv(x, w)⟩/∂w [out, in, k, k]: xᵀ [in, N, H, W] convolved with gᵀ [out, N, H', W'] as kernel."""
-    dw = F.conv2d(x.transpose([1, 0, 2, 3]), g.transpose([1, 0, 2, 3]), None, stride=1, padding=padding)
-    return dw.transpose([1, 0, 2, 3])
 
 
 KINDS = MappingProxyType({"forward": conv_forward, "input_grad": conv_input_grad, "weight_grad": conv_weight_grad})
@@ -121,7 +103,7 @@ class TrainConvs:
         inputs = [a.detach(), b.detach()]
         if key not in self.cache.programs:
             out = self.cache.build(key, "oneDNN", lambda: self._make(key), inputs,
-                                   lambda: (KINDS[kind](*inputs, padding),), self._check if self.verify else _no_check)
+                                   lambda: (KINDS[kind](*inputs, padding),), self._check if self.verify else None)
         else:
             out = self.cache.call(key, inputs)
         if out is not None:
@@ -144,10 +126,6 @@ class TrainConvs:
         err = float(np.abs(a - r).max()) if np.isfinite(a).all() else float("inf")
         if not err <= VERIFY_RTOL * float(np.abs(r).max()) + 1e-30:
             raise ValueError(f"first static convolution differs from dygraph (max |diff| {err:.2e})")
-
-
-def _no_check(out, ref) -> None:
-    return None
 
 
 def make_train_convs(engine: str = "auto", logger: Optional[logging.Logger] = None) -> Optional[TrainConvs]:

@@ -17,7 +17,6 @@ bit for bit; every program's first run is checked against dygraph (:class:`~.pro
 from __future__ import annotations
 
 import logging
-from types import MappingProxyType
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -27,11 +26,10 @@ from paddle.autograd import PyLayer
 
 from ..utils.env import onednn_cpu
 from .langevin_step import supports_manual_grad
-from .program import ENGINES, ProgramCache, detached
+from .program import CPU_FLAGS, ENGINES, ProgramCache, detached
 
 __all__ = ["EBMLossLayer", "StaticEBMLoss", "make_ebm_loss"]
 
-CPU_FLAGS = MappingProxyType({"FLAGS_use_onednn": True, "FLAGS_new_executor_serial_run": True})
 VERIFY_RTOL = 2e-2   # first-run check: max |static − dygraph| ≤ VERIFY_RTOL · scale (_check); dygraph
 # itself is off by up to ~1e-3 of the largest gradient (its bias gradients sum 32k+ terms in float32)
 VERIFY_ATOL = 1e-6
@@ -105,7 +103,7 @@ class StaticEBMLoss:
         inputs = [x, seed, self.ebm.adjoint_weights()]
         if key not in self.cache.programs:
             out = self.cache.build(key, "manual", lambda: self._make(inputs), inputs,
-                                   lambda: self._reference(x, seed), self._check if self.verify else _no_check)
+                                   lambda: self._reference(x, seed), self._check if self.verify else None)
         else:
             out = self.cache.call(key, inputs)
         if out is None:
@@ -143,10 +141,6 @@ class StaticEBMLoss:
             if not err <= VERIFY_RTOL * scale + VERIFY_ATOL:
                 what = "f" if i == 0 else f"gradient {i - 1}"
                 raise ValueError(f"first static EBM update differs from dygraph in {what} (max |diff| {err:.2e})")
-
-
-def _no_check(out, ref) -> None:
-    return None
 
 
 def make_ebm_loss(ebm: nn.Layer, dygraph_loss: Callable[..., Loss], engine: str = "auto", energy_grad: bool = False,

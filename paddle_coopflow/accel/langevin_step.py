@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from types import MappingProxyType
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -31,14 +30,12 @@ import paddle.nn as nn
 
 from ..langevin import langevin_step, langevin_update
 from ..utils.env import onednn_cpu
-from .program import ENGINES, ProgramCache
+from .program import CPU_FLAGS, ENGINES, ProgramCache
 
 __all__ = ["VARIANTS", "CPU_FLAGS", "LangevinStepLayer", "StaticLangevinStep", "make_langevin_step",
            "engine_in_use", "supports_manual_grad"]
 
 VARIANTS = ("manual", "autograd")
-# FLAGS_new_executor_serial_run is part of the recipe measured on the AMD EPYC; no difference on the Xeon.
-CPU_FLAGS = MappingProxyType({"FLAGS_use_onednn": True, "FLAGS_new_executor_serial_run": True})
 VERIFY_ATOL = 1e-4   # first-run check of x_next (image units) and of f (relative) against the dygraph step
 _log = logging.getLogger("paddle_coopflow.accel.langevin")
 
@@ -167,7 +164,7 @@ class StaticLangevinStep:
             inputs = [x, ([shift] if shift is not None else []) + adjoint]
             if key not in self.cache.programs:
                 out = self.cache.build(key, self.variant, lambda: self._make(key, x.dtype, adjoint), inputs,
-                                       lambda: self._dygraph(*args), self._check if self.verify else _no_check)
+                                       lambda: self._dygraph(*args), self._check if self.verify else None)
             else:
                 out = self.cache.call(key, inputs)
         if out is not None:
@@ -195,10 +192,6 @@ class StaticLangevinStep:
         df = float((np.abs(fa - fr) / (np.abs(fr) + 1.0)).max()) if np.isfinite(fa).all() else math.inf
         if not (dx <= VERIFY_ATOL and df <= VERIFY_ATOL):
             raise ValueError(f"first static step differs from dygraph (max |dx| {dx:.2e}, rel |df| {df:.2e})")
-
-
-def _no_check(out, ref) -> None:
-    return None
 
 
 def make_langevin_step(ebm: nn.Layer, engine: str = "auto", logger: Optional[logging.Logger] = None) -> Callable:

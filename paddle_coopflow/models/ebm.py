@@ -21,6 +21,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .conv_grads import adjoint_kernel, conv_bias_grad, conv_weight_grad
+
 __all__ = ["Swish", "EBMBlock", "EBMRes", "EBMPlain", "EBMMLP", "build_ebm", "swish"]
 
 # The hand-written input gradient of EBM_res (EBMRes.energy_and_grad) runs forward ops only: a static
@@ -71,23 +73,14 @@ def _is_same3x3(conv: nn.Conv2D) -> bool:
             and list(conv._dilation) == [1, 1] and conv._groups == 1 and conv._data_format == "NCHW")
 
 
-def _adjoint_kernel(weight: paddle.Tensor, scale: float = 1.0) -> paddle.Tensor:
-    # ∂/∂x of a stride-1 'same' 3×3 conv is a conv with the kernel transposed and flipped: [in, out, 3, 3].
-    w = paddle.flip(weight.transpose([1, 0, 2, 3]), [2, 3])
-    return w if scale == 1.0 else w * scale
-
-
 def _conv_input_grad(conv: nn.Conv2D, g: paddle.Tensor, w_adj: paddle.Tensor) -> paddle.Tensor:
     # w_adj: the conv's kernel from adjoint_weights (transposed, flipped, scaled).
     return F.conv2d(g, w_adj, None, stride=1, padding=conv._padding)
 
 
 def _conv_param_grads(x: paddle.Tensor, g: paddle.Tensor, padding) -> List[paddle.Tensor]:
-    """[∂W, ∂b] of Σ⟨g, conv(x)⟩ for a stride-1 conv, forward ops only: with batch and channels swapped,
-    ∂W[o, i] = Σ_n corr(x[n, i], g[n, o]) is a conv of xᵀ [in, N, H, W] with gᵀ [out, N, H', W'] as kernel."""
-    gt = g.transpose([1, 0, 2, 3])
-    dw = F.conv2d(x.transpose([1, 0, 2, 3]), gt, None, stride=1, padding=padding).transpose([1, 0, 2, 3])
-    return [dw, gt.reshape([0, -1]).sum(axis=1)]
+    """[∂W, ∂b] of Σ⟨g, conv(x)⟩ for a stride-1 conv, forward ops only (models/conv_grads.py)."""
+    return [conv_weight_grad(x, g, padding), conv_bias_grad(g)]
 
 
 def _swish_parts(h: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
@@ -137,8 +130,8 @@ class EBMBlock(nn.Layer):
     def adjoint_weights(self) -> List[paddle.Tensor]:
         """Input-gradient kernels of conv1, conv2, res ([in, out, 3, 3]); conv2's and res's carry the
         1/4 of the average pool after them (exact: a power of two; see :func:`_avgpool_input_grad`)."""
-        return [_adjoint_kernel(self.conv1.weight), _adjoint_kernel(self.conv2.weight, 0.25),
-                _adjoint_kernel(self.res.weight, 0.25)]
+        return [adjoint_kernel(self.conv1.weight), adjoint_kernel(self.conv2.weight, 0.25),
+                adjoint_kernel(self.res.weight, 0.25)]
 
     def forward_saving(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, tuple]:
         """forward(x) [N, n_out, H/2, W/2] and what :meth:`input_grad` needs (activations and sigmoids)."""
@@ -247,7 +240,7 @@ class EBMRes(nn.Layer):
         (docs/speed.md, "Per-chain weight factors").
         """
         with paddle.no_grad():
-            return ([_adjoint_kernel(self.stem.weight)] + [w for b in self.blocks for w in b.adjoint_weights()]
+            return ([adjoint_kernel(self.stem.weight)] + [w for b in self.blocks for w in b.adjoint_weights()]
                     + [self.head.weight.sum(axis=0, keepdim=True)])
 
     def energy_and_grad(self, x: paddle.Tensor, adjoint: Optional[Sequence[paddle.Tensor]] = None
