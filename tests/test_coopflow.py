@@ -96,11 +96,14 @@ def test_updates_have_the_right_sign():
     paddle.seed(11)
     x_rev, _ = cf.revise(cf.propose(4))
     with paddle.no_grad():
-        gap0 = float((ebm(x).mean() - ebm(x_rev).mean()).item())
+        f_data, f_rev = float(ebm(x).mean().item()), float(ebm(x_rev).mean().item())
+        gap0 = f_data - f_rev
         nll0 = float(flow.nll(x_rev).mean().item())
     paddle.seed(11)  # same z, hence the same x̂ and x̃ inside train_step
     st = cf.train_step(x, epoch=0, it=0)
-    assert st["ebm_loss"] == pytest.approx(-gap0, rel=1e-5)
+    # the update's energies come from other kernels (the oneDNN program): equal to float32 rounding of the
+    # energies, not of their (much smaller) difference
+    assert st["ebm_loss"] == pytest.approx(-gap0, abs=1e-5 * (abs(f_data) + abs(f_rev)))
     with paddle.no_grad():
         gap1 = float((ebm(x).mean() - ebm(x_rev).mean()).item())
         nll1 = float(flow.nll(x_rev).mean().item())

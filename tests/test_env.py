@@ -26,7 +26,10 @@ def test_keep_freed_memory_is_default_and_system_opts_out(monkeypatch):
 
 
 def test_mkl_avx2_only_on_amd_and_never_over_the_users_value(monkeypatch):
-    monkeypatch.delenv(env.MKL_CPU_ENV, raising=False)
+    # setenv first so that monkeypatch restores the variable's original state (absent or set) after the test:
+    # mkl_avx2_on_amd writes os.environ itself, and a leftover value reaches every later subprocess's MKL
+    monkeypatch.setenv(env.MKL_CPU_ENV, "")
+    monkeypatch.delenv(env.MKL_CPU_ENV)
     monkeypatch.setattr(env, "cpu_vendor", lambda: "GenuineIntel")
     assert env.mkl_avx2_on_amd() is False and env.MKL_CPU_ENV not in env.os.environ
     monkeypatch.setattr(env, "cpu_vendor", lambda: "AuthenticAMD")
