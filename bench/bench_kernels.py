@@ -88,7 +88,7 @@ def part_kernels(shape) -> None:
     print(f"\n## kernels on {shape} (ms, medians of 10): Paddle dygraph / oneDNN program / PyTorch eager")
     print("| threads | " + " | ".join(ops) + " |\n|---|" + "---|" * len(ops))
     for n in (1, 2):
-        setup_threads(n)   # before building: a program's oneDNN primitives keep the thread count they were made with
+        setup_threads(n)   # new programs: oneDNN primitives keep the thread count of a program's first run
         progs = {name: _program(lambda a, b, c, f=f: (f(a),), [shape] * 3) for name, (f, _) in ops.items()}
         if torch is not None:
             torch.set_num_threads(n)

@@ -3,8 +3,9 @@
     python bench/profile_flow.py -c configs/cifar10_t30.yaml --batch 4
     python bench/profile_flow.py -c configs/cifar10_t30.yaml --batch 4 --only paddle --rows 60
 
-The config's Flow++ (train mode, dropout on), ActNorm initialised on one batch, copied into the PyTorch twin
-(bench/torch_flowpp.py); the same images in [-1, 1] and dequantization noise for both. Each framework: one
+The config's Flow++ (train mode, dropout on, its 3×3 convolutions on the engine of `Train.update_engine` as in
+training: `-o Train.update_engine=dygraph` for dygraph convolutions), ActNorm initialised on one batch, copied
+into the PyTorch twin (bench/torch_flowpp.py); the same images in [-1, 1] and dequantization noise for both. Each framework: one
 warm-up pass, one timed pass without the profiler, one pass under its profiler (paddle.profiler,
 torch.profiler; CPU), whose per-operator table is printed (Paddle: forward ops as "<op> dygraph", their
 gradients as "Global_<Op>GradNode"; PyTorch: aten ops, self time). Used for the op table of docs/speed.md,
@@ -42,6 +43,7 @@ def _passes(cfg, batch: int, only: str):
     pflow = build_flow(cfg.Flow)
     pflow.train()
     pflow.data_init(paddle.to_tensor(x))
+    pflow.set_update_engine(cfg.Train.update_engine)   # the training convolutions as in training
 
     def paddle_pass():
         pflow.nll(paddle.to_tensor(x), paddle.to_tensor(noise)).mean().backward()
