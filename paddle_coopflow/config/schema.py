@@ -144,9 +144,10 @@ class TrainConfig:
     init_flow: str = _f("", help="checkpoint prefix of a pre-trained flow (skips phase 1)")
     max_iters: int = _f(0, min=0, help="stop after this many training iterations; 0 = run all epochs")
     update_engine: str = _f("auto", choices=ENGINES,
-                            help="EBM update (eq. 2): 'static' (one static-graph oneDNN program for f and the "
-                                 "parameter gradients, EBM_res), 'dygraph', or 'auto' (static on CPU builds with "
-                                 "oneDNN, dygraph elsewhere and with the energy guard); never decided by timing")
+                            help="the updates: EBM update (eq. 2) as one static-graph oneDNN program for f and the "
+                                 "parameter gradients (EBM_res), and Flow++'s 3x3 training convolutions as oneDNN "
+                                 "programs: 'static', 'dygraph', or 'auto' (static on CPU builds with oneDNN, "
+                                 "dygraph elsewhere and, for the EBM, with the energy guard); never decided by timing")
 
 
 @dataclass

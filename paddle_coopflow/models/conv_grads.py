@@ -24,8 +24,8 @@ def _swap(t: paddle.Tensor) -> paddle.Tensor:
 
 def adjoint_kernel(weight: paddle.Tensor, scale: float = 1.0) -> paddle.Tensor:
     """The input-gradient kernel of `weight` [out, in, k, k]: transposed and flipped, [in, out, k, k], times `scale`."""
-    # reversed slices, not paddle.flip: the same values, twice as fast on CPU (a [1024, 512, 3, 3] kernel:
-    # 18 against 37 ms)
+    # reversed slices, not paddle.flip: the same values; Paddle's flip kernel is the slower one on CPU
+    # (docs/speed.md, "Per-chain weight factors")
     w = _swap(weight)[:, :, ::-1, ::-1]
     return w if scale == 1.0 else w * scale
 

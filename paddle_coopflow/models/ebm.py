@@ -269,7 +269,6 @@ class EBMRes(nn.Layer):
             g = blocks[i].input_grad(g, saved[i], adj[1 + 3 * i: 4 + 3 * i])
         return f, _conv_input_grad(self.stem, g * _dswish(a0, s0), adj[0])
 
-
     def energy_and_param_grads(self, x: paddle.Tensor, seed: paddle.Tensor,
                                adjoint: Optional[Sequence[paddle.Tensor]] = None
                                ) -> Tuple[paddle.Tensor, List[paddle.Tensor]]:
