@@ -70,6 +70,17 @@ def _program(fn, shapes):
     return run
 
 
+def _input_grads(fn):
+    """(a, b, c) → (∂/∂a, ∂/∂b) of ⟨c, fn(a, b)⟩ by paddle.grad (in dygraph or traced into a program)."""
+    import paddle
+
+    def grads(a, b, c):
+        a, b = a.detach(), b.detach()
+        a.stop_gradient = b.stop_gradient = False
+        return tuple(paddle.grad([fn(a, b)], [a, b], grad_outputs=[c]))
+    return grads
+
+
 def part_kernels(shape) -> None:
     import paddle
     import paddle.nn.functional as F
@@ -80,8 +91,7 @@ def part_kernels(shape) -> None:
         import torch
     except ImportError:
         torch = None
-    ops = {"exp": (paddle.exp, "exp"), "softmax": (lambda a: F.softmax(a, -1), "softmax"),
-           "elu": (F.elu, "elu"), "add": (lambda a: a + a, "add")}
+    ops = {"exp": paddle.exp, "softmax": lambda a: F.softmax(a, -1), "elu": F.elu, "add": lambda a: a + a}
     tops = {} if torch is None else {"exp": torch.exp, "softmax": lambda a: torch.softmax(a, -1),
                                      "elu": torch.nn.functional.elu, "add": lambda a: a + a}
     x = paddle.randn(shape)
@@ -89,12 +99,12 @@ def part_kernels(shape) -> None:
     print("| threads | " + " | ".join(ops) + " |\n|---|" + "---|" * len(ops))
     for n in (1, 2):
         setup_threads(n)   # new programs: oneDNN primitives keep the thread count of a program's first run
-        progs = {name: _program(lambda a, b, c, f=f: (f(a),), [shape] * 3) for name, (f, _) in ops.items()}
+        progs = {name: _program(lambda a, b, c, f=f: (f(a),), [shape] * 3) for name, f in ops.items()}
         if torch is not None:
             torch.set_num_threads(n)
         tx = None if torch is None else torch.from_numpy(x.numpy())
         cells = []
-        for name, (f, _) in ops.items():
+        for name, f in ops.items():
             d, p = _median_ms(lambda: f(x)), _median_ms(lambda: progs[name](x, x, x))
             t = _median_ms(lambda: tops[name](tx)) if torch is not None else float("nan")
             cells.append(f"{d:.1f} / {p:.1f} / {t:.1f}")
@@ -139,11 +149,7 @@ def grad_case(case: str) -> None:
     with paddle.no_grad():
         g = paddle.randn(fn(x, w).shape)
 
-    def grads(a, b, c):
-        a, b = a.detach(), b.detach()
-        a.stop_gradient = b.stop_gradient = False
-        return tuple(paddle.grad([fn(a, b)], [a, b], grad_outputs=[c]))
-
+    grads = _input_grads(fn)
     got = _program(grads, [x.shape, w.shape, g.shape])(x, w, g)
     ref = grads(x, w, g)
     errs = [float((o - r).abs().max()) / float(r.abs().max()) for o, r in zip(got, ref)]
@@ -177,10 +183,7 @@ def part_conv(shape, c_out: int) -> None:
     g = paddle.to_tensor(rng.randn(n, c_out, h, w_).astype("float32"))
     shapes = [list(x.shape), list(w.shape), list(g.shape)]
 
-    def conv2d_grad(a, b, c):
-        a, b = a.detach(), b.detach()
-        a.stop_gradient = b.stop_gradient = False
-        return tuple(paddle.grad([paddle.nn.functional.conv2d(a, b, padding=1)], [a, b], grad_outputs=[c]))
+    conv2d_grad = _input_grads(lambda a, b: paddle.nn.functional.conv2d(a, b, padding=1))
 
     print(f"\n## backward of a 3×3 conv {shape} → {c_out} channels (ms, medians of 10)")
     print("| threads | flipped + swapped convs (the package) | conv2d_grad program |\n|---|---|---|")
